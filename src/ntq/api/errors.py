@@ -1,0 +1,82 @@
+"""JSON errors: ``{"error": {"code", "message"}}`` with the right status, never HTML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from pyramid.exceptions import PredicateMismatch
+from pyramid.httpexceptions import HTTPException
+from pyramid.request import Request
+from pyramid.response import Response
+from pyramid.view import exception_view_config
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+log = structlog.get_logger(__name__)
+
+DB_RETRY_AFTER = "5"
+
+
+class ApiError(Exception):
+    """An error the client should see: status, machine code, human message, extras."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    body = {"error": {"code": code, "message": message, **extra}}
+    return Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+@exception_view_config(ApiError)
+def api_error(exc: ApiError, request: Request) -> Response:
+    return error_response(exc.status, exc.code, exc.message, **exc.extra)
+
+
+@exception_view_config(HTTPException)
+def http_error(exc: HTTPException, request: Request) -> Response:
+    if isinstance(exc, PredicateMismatch) and request.matched_route is not None:
+        # The path exists but not for this method: 405, not Pyramid's 404.
+        return error_response(405, "method_not_allowed",
+                              f"{request.method} is not allowed on {request.path}")
+    code = exc.title.lower().replace(" ", "_")
+    response = error_response(exc.code, code, exc.explanation or exc.title)
+    for name in ("Allow", "Location", "Retry-After"):
+        if name in exc.headers:
+            response.headers[name] = exc.headers[name]
+    return response
+
+
+def _unavailable(kind: str) -> Response:
+    response = error_response(503, "database_unavailable",
+                              f"PostgreSQL is unreachable ({kind}); retry shortly")
+    response.headers["Retry-After"] = DB_RETRY_AFTER
+    return response
+
+
+@exception_view_config(OperationalError)
+@exception_view_config(PoolTimeout)
+def database_unavailable(exc: Exception, request: Request) -> Response:
+    log.warning("web.database_unavailable", error=type(exc).__name__)
+    return _unavailable(type(exc).__name__)
+
+
+@exception_view_config(DBAPIError)
+def database_error(exc: DBAPIError, request: Request) -> Response:
+    if exc.connection_invalidated:
+        return _unavailable("connection lost")
+    log.exception("web.database_error")
+    return error_response(500, "internal_error", "internal error")
+
+
+@exception_view_config(Exception)
+def internal_error(exc: Exception, request: Request) -> Response:
+    log.exception("web.internal_error", path=request.path)
+    return error_response(500, "internal_error", "internal error")

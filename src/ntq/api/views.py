@@ -1,0 +1,142 @@
+"""Thin views: parse, call :mod:`ntq.queue`, render. The transaction belongs to pyramid_tm;
+Redis is told only after it commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from pyramid.request import Request
+from pyramid.response import Response
+from pyramid.view import view_config
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from ntq import __version__, queue
+from ntq.api import schemas
+from ntq.api.errors import ApiError
+from ntq.api.render import json_response, task_response
+from ntq.records import NewTask, TaskView
+
+
+def after_commit(request: Request, action: Callable[[], Any]) -> None:
+    """Run ``action`` once the request's transaction has committed (never before)."""
+
+    def hook(committed: bool) -> None:
+        if committed:
+            action()
+
+    request.tm.get().addAfterCommitHook(hook)
+
+
+def announce(request: Request, task: TaskView, new: NewTask) -> None:
+    """Wake a worker for the new task, or schedule the wake-up if it is delayed."""
+    notifier = request.registry.ntq_notifier
+    if new.delay or new.not_before:
+        after_commit(request, lambda: notifier.schedule(task.id, task.due.timestamp()))
+    else:
+        after_commit(request, lambda: notifier.push([task.id]))
+
+
+def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 beyond ``NTQ_MAX_BODY_BYTES``."""
+    limit = request.registry.ntq_settings.max_body_bytes
+    too_large = ApiError(413, "body_too_large", f"body must be at most {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    data: bytes = request.body_file.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    return data
+
+
+def task_id(request: Request) -> uuid.UUID:
+    """The ``{id}`` of the route; anything but a UUID is simply not found."""
+    try:
+        return uuid.UUID(request.matchdict["id"])
+    except ValueError:
+        raise ApiError(404, "not_found", "no such task") from None
+
+
+def owned_task(request: Request) -> TaskView:
+    task = queue.get(request.db, task_id(request), request.caller.app_id)
+    if task is None:
+        raise ApiError(404, "not_found", "no such task")
+    return task
+
+
+def created_response(request: Request, task: TaskView, created: bool) -> Response:
+    location = request.route_url("task", id=str(task.id))
+    return task_response(request, task, 201 if created else 200, Location=location)
+
+
+@view_config(route_name="root", request_method="POST")
+def enqueue(request: Request) -> Response:
+    """nTorque-compatible enqueue: parameters in the query string, the body verbatim."""
+    caller = request.caller
+    new = schemas.from_query(request.GET, request.headers, read_body(request),
+                             request.headers.get("Content-Type"),
+                             request.registry.ntq_settings)
+    task, created = queue.enqueue(request.db, new, caller.app_id)
+    if created:
+        announce(request, task, new)
+    return created_response(request, task, created)
+
+
+@view_config(route_name="root", request_method="GET")
+def describe(request: Request) -> Response:
+    return json_response({
+        "name": "ntq", "version": __version__,
+        "links": {
+            "tasks": request.route_url("tasks"), "stats": request.route_url("stats"),
+            "health": request.route_url("healthz"), "ready": request.route_url("readyz"),
+            "metrics": request.route_url("metrics"),
+        },
+    })
+
+
+@view_config(route_name="task", request_method="GET")
+def show_task(request: Request) -> Response:
+    return task_response(request, owned_task(request))
+
+
+@view_config(route_name="task_push", request_method="POST")
+def push_task(request: Request) -> Response:
+    """nTorque's manual push: wake the workers for this task again."""
+    task = owned_task(request)
+    notifier = request.registry.ntq_notifier
+    after_commit(request, lambda: notifier.push([task.id]))
+    return task_response(request, task, 201,
+                         Location=request.route_url("task", id=str(task.id)))
+
+
+@view_config(route_name="healthz")
+def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+@view_config(route_name="readyz")
+def readyz(request: Request) -> Response:
+    """PostgreSQL and Redis both reachable: 200; otherwise 503 naming what is down."""
+    checks = {"postgresql": _check_db(request), "redis": _check_redis(request)}
+    ready = all(value == "ok" for value in checks.values())
+    return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+
+def _check_db(request: Request) -> str:
+    try:
+        with request.registry.ntq_engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return f"unreachable: {type(exc).__name__}"
+    return "ok"
+
+
+def _check_redis(request: Request) -> str:
+    try:
+        request.registry.ntq_notifier.redis.ping()
+    except redis.RedisError as exc:
+        return f"unreachable: {type(exc).__name__}"
+    return "ok"

@@ -1,0 +1,47 @@
+"""The WSGI application factory: a table of contents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zope.sqlalchemy
+from pyramid.config import Configurator
+from pyramid.request import Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from ntq import notify
+from ntq.config import Settings
+from ntq.db import make_engine, make_session_factory
+
+
+def make_app(settings: Settings, pool_size: int = 10) -> Any:
+    """Build the Pyramid app for fully resolved ``settings`` (URLs filled in)."""
+    assert settings.database_url
+    assert settings.redis_url
+    config = Configurator(settings={
+        "tm.manager_hook": "pyramid_tm.explicit_manager",
+        "tm.annotate_user": False,
+    })
+    engine = make_engine(settings.database_url, pool_size=pool_size, max_overflow=pool_size)
+    config.registry.ntq_settings = settings
+    config.registry.ntq_engine = engine
+    config.registry.ntq_notifier = notify.Notifier(settings, notify.client(settings.redis_url))
+    _include_db(config, make_session_factory(engine))
+    config.include("ntq.tweens")
+    config.include("ntq.api")
+    return config.make_wsgi_app()
+
+
+def _include_db(config: Configurator, factory: sessionmaker[Session]) -> None:
+    """``request.db``: a session joined to the request's transaction (pyramid_tm)."""
+    config.include("pyramid_tm")
+
+    def db(request: Request) -> Session:
+        session = factory()
+        # "changed": ntq writes with Core statements the ORM does not track, so the
+        # transaction must commit without an explicit mark_changed().
+        zope.sqlalchemy.register(session, transaction_manager=request.tm,
+                                 initial_state=zope.sqlalchemy.datamanager.STATUS_CHANGED)
+        return session
+
+    config.add_request_method(db, "db", reify=True)

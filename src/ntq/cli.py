@@ -1,0 +1,147 @@
+"""The ``ntq`` command. Heavy imports are deferred to the command that needs them, and the
+gevent-based commands patch the process before anything else is imported."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ntq import __version__
+from ntq.config import ConfigError, Settings, load_settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _env_default(name: str, default: Any = None) -> Any:
+    return os.environ.get(name, default)
+
+
+def _settings(**overrides: Any) -> Settings:
+    from ntq import logs
+    from ntq.embedded import resolve
+
+    settings = resolve(load_settings(**overrides))
+    logs.configure(settings.log_format)
+    return settings
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from ntq.green import patch
+
+    patch()  # before redis, requests or ssl are imported; gunicorn's own patch is then a no-op
+    from ntq.webserver import serve_web
+
+    settings = _settings(port=args.port)
+    serve_web(settings, args.host, args.workers)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ntq.green import patch
+
+    patch()
+    from ntq.runner import run_worker
+
+    run_worker(_settings(worker_concurrency=args.concurrency), args.grace)
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from ntq.runner import run_requeue
+
+    run_requeue(_settings())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from ntq.migrate import upgrade
+
+    settings = _settings()
+    assert settings.database_url
+    upgrade(settings.database_url)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ntq.serve import serve
+
+    return serve(_settings(port=args.port), args.host)
+
+
+def cmd_apps(args: argparse.Namespace) -> int:
+    from ntq.appcli import run
+
+    return run(_settings(), args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ntq", description="ntq: a durable webhook task queue.",
+        epilog="Settings come from the environment (DATABASE_URL, REDIS_URL, PORT, NTQ_*); "
+               "see README.md. Without DATABASE_URL / REDIS_URL, embedded servers are used.")
+    parser.add_argument("--version", action="version", version=f"ntq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="the whole service: migrate, web, worker, requeue")
+    _web_options(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    web = sub.add_parser("web", help="the HTTP API (gunicorn, gevent workers)")
+    _web_options(web)
+    web.add_argument("--workers", type=int, default=int(_env_default("WEB_CONCURRENCY", 2)),
+                     help="web processes (env WEB_CONCURRENCY, default 2)")
+    web.set_defaults(handler=cmd_web)
+
+    worker = sub.add_parser("worker", help="deliver tasks")
+    worker.add_argument("--concurrency", type=int, default=None,
+                        help="attempts in flight (env NTQ_WORKER_CONCURRENCY, default 100)")
+    worker.add_argument("--grace", type=float,
+                        default=float(_env_default("NTQ_WORKER_GRACE", 30)),
+                        help="seconds to let attempts finish on SIGTERM "
+                             "(env NTQ_WORKER_GRACE, default 30)")
+    worker.set_defaults(handler=cmd_worker)
+
+    sub.add_parser("requeue", help="requeue overdue tasks and clean up finished ones"
+                   ).set_defaults(handler=cmd_requeue)
+    sub.add_parser("migrate", help="alembic upgrade head").set_defaults(handler=cmd_migrate)
+    _apps_parser(sub)
+    return parser
+
+
+def _web_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=_env_default("NTQ_HOST", "127.0.0.1"),
+                        help="address to listen on (env NTQ_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port to listen on (env PORT, default 8080)")
+
+
+def _apps_parser(sub: Any) -> None:
+    apps = sub.add_parser("apps", help="manage applications and API keys")
+    apps.set_defaults(handler=cmd_apps)
+    actions = apps.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create an application; prints its API key")
+    create.add_argument("name")
+    create.add_argument("--json", action="store_true", help="print one JSON object")
+    listing = actions.add_parser("list", help="list applications")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    revoke = actions.add_parser("revoke", help="revoke an application (or one --key)")
+    revoke.add_argument("name", nargs="?")
+    revoke.add_argument("--key", help="revoke only this API key")
+    key = actions.add_parser("add-key", help="issue another API key for an application")
+    key.add_argument("name")
+    key.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        sys.exit(handler(args))
+    except ConfigError as exc:
+        print(f"ntq: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,52 @@
+"""Database plumbing: metadata with a naming convention, engines and sessions.
+
+psycopg2 is made cooperative by :func:`ntq.green.patch` in gevent processes, so a query
+waits on the hub instead of blocking it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData, create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Base(DeclarativeBase):
+    """Declarative base for ntq's tables."""
+
+    metadata = metadata
+
+
+def normalize_url(url: str) -> str:
+    """Accept Heroku-style ``postgres://`` URLs and pin the psycopg2 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10) -> Engine:
+    """An engine whose pool suits ``pool_size`` concurrent users of one process."""
+    return create_engine(
+        normalize_url(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5, "application_name": "ntq"},
+    )
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded values after commit (values cross greenlets and hooks)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)

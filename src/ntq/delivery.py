@@ -1,0 +1,136 @@
+"""The only module that calls webhooks: builds the request, signs it, sends it within the
+task's timeout, reads a capped response and classifies the outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import gevent
+import requests
+from requests.adapters import HTTPAdapter
+
+from ntq import __version__, signing
+from ntq.backoff import Backoff, parse_retry_after
+from ntq.config import Settings
+from ntq.records import Acquired, AttemptResult, Verdict
+from ntq.urlsafety import AddressPolicy, BlockedAddress, guarded_pool_classes
+
+USER_AGENT = f"ntq/{__version__}"
+MAX_REDIRECTS = 5
+CHUNK = 16384
+
+
+class DeliveryTimeout(Exception):
+    """The whole attempt (connect, send, read) took longer than the task's timeout."""
+
+
+def make_session(settings: Settings, pool_size: int) -> requests.Session:
+    """A keep-alive session whose connections pass the SSRF guard before connecting."""
+    session = requests.Session()
+    session.trust_env = False  # an environment proxy would bypass the address check
+    session.max_redirects = MAX_REDIRECTS
+    pools = guarded_pool_classes(AddressPolicy.from_settings(settings))
+    for prefix in ("http://", "https://"):
+        adapter = HTTPAdapter(pool_connections=64, pool_maxsize=pool_size, max_retries=0)
+        adapter.poolmanager.pool_classes_by_scheme = pools
+        session.mount(prefix, adapter)
+    return session
+
+
+def request_headers(task: Acquired, timestamp: int) -> dict[str, str]:
+    """Pass-through headers, then ntq's own (which the client cannot override)."""
+    headers = dict(task.headers)
+    if task.content_type:
+        headers["Content-Type"] = task.content_type
+    headers.update({
+        "User-Agent": USER_AGENT,
+        "NTQ-Task-Id": str(task.id),
+        "NTQ-Task-Attempt": str(task.retry_count),
+        "NTQ-Task-Retry-Limit": str(task.max_retries),
+    })
+    headers.update(signing.headers(task.secret, str(task.id), timestamp, task.body))
+    return headers
+
+
+def _read_capped(response: requests.Response, cap: int) -> tuple[bytes, bool]:
+    body = bytearray()
+    for chunk in response.iter_content(CHUNK):
+        body += chunk
+        if len(body) > cap:
+            return bytes(body[:cap]), True
+    return bytes(body), False
+
+
+def call(session: requests.Session, method: str, url: str, headers: Mapping[str, str],
+         body: bytes, timeout: float, max_response_bytes: int) -> AttemptResult:
+    """Make one HTTP call bounded by ``timeout`` in total; never raises for HTTP trouble."""
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    try:
+        with gevent.Timeout(timeout, DeliveryTimeout):
+            response = session.request(method, url, headers=headers, data=body or None,
+                                       timeout=timeout, stream=True, allow_redirects=True)
+            try:
+                content, truncated = _read_capped(response, max_response_bytes)
+            finally:
+                response.close()
+    except DeliveryTimeout:
+        return _failed(method, started, clock, f"timed out after {timeout:g} s")
+    except requests.RequestException as exc:
+        return _failed(method, started, clock, _describe(exc))
+    return AttemptResult(
+        method=method, started=started, elapsed_ms=_elapsed(clock),
+        status_code=response.status_code, reason=response.reason,
+        headers=dict(response.headers), body=content, truncated=truncated,
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+    )
+
+
+def _elapsed(clock: float) -> int:
+    return int((time.monotonic() - clock) * 1000)
+
+
+def _failed(method: str, started: datetime, clock: float, error: str) -> AttemptResult:
+    return AttemptResult(method=method, started=started, elapsed_ms=_elapsed(clock),
+                         error=error)
+
+
+def _describe(exc: requests.RequestException) -> str:
+    """A short error text; a refusal by the SSRF guard is named as such."""
+    reason: BaseException | None = exc
+    while reason is not None:
+        if isinstance(reason, BlockedAddress):
+            return str(reason).split(": ", 1)[-1]  # drop urllib3's "<connection>: " prefix
+        reason = reason.__cause__ or reason.__context__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def deliver(session: requests.Session, task: Acquired, settings: Settings) -> AttemptResult:
+    """One delivery attempt of ``task``."""
+    headers = request_headers(task, int(time.time()))
+    return call(session, task.method, task.url, headers, task.body, task.timeout,
+                settings.max_response_bytes)
+
+
+def classify(task: Acquired, result: AttemptResult, settings: Settings) -> Verdict:
+    """The outcome rules: 2xx completes, transient trouble retries, the rest fails."""
+    code = result.status_code
+    if code is not None and 200 <= code < 300:
+        return Verdict("complete")
+    error = result.error or f"HTTP {code} {result.reason or ''}".rstrip()
+    blocked = result.error is not None and result.error.startswith("refused:")
+    transient = code is None or code >= 500 or code in settings.transient_request_errors
+    if code == 410 or blocked or not transient:
+        return Verdict("fail", error=error)
+    if task.retry_count > task.max_retries:
+        return Verdict("fail", error=f"out of retries: {error}")
+    return Verdict("retry", error=error, delay=_retry_delay(task, result, settings))
+
+
+def _retry_delay(task: Acquired, result: AttemptResult, settings: Settings) -> float:
+    if result.retry_after is not None:
+        return min(result.retry_after, settings.max_due_delay)
+    policy = Backoff(task.backoff, settings.min_due_delay, settings.max_due_delay)
+    return policy.delay(task.retry_count)

@@ -1,0 +1,136 @@
+"""The tables: applications, their API keys, tasks and the attempts made on them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ntq.db import Base
+
+PENDING = "PENDING"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED)
+TERMINAL = (COMPLETED, FAILED, CANCELLED)
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+BACKOFFS = ("exponential", "linear")
+
+Timestamp = DateTime(timezone=True)
+
+
+class App(Base):
+    """An application: owns tasks, holds API keys and the secret that signs deliveries."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    signing_secret: Mapped[str] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    revoked: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class ApiKey(Base):
+    """An API key, stored only as its SHA-256 digest (keys are 256 random bits)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"),
+                                              index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    revoked: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class Task(Base):
+    """A webhook call to make, at least once, and everything known about it."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(f"status IN {STATUSES!r}", name="status"),
+        CheckConstraint(f"method IN {METHODS!r}", name="method"),
+        CheckConstraint(f"backoff IN {BACKOFFS!r}", name="backoff"),
+        # The requeue poller's query: PENDING tasks due now, oldest first. Partial, so
+        # finished tasks (the vast majority at rest) cost it nothing.
+        Index("ix_tasks_pending_due", "due", "id", postgresql_where=text("status = 'PENDING'")),
+        # Listing an application's tasks newest first (ids are time-ordered UUIDv7).
+        Index("ix_tasks_app_id_id", "app_id", "id"),
+        # Cleanup of finished tasks by age.
+        Index("ix_tasks_finished_modified", "modified",
+              postgresql_where=text("status <> 'PENDING'")),
+        Index("ix_tasks_cancel_notice_due", "due", postgresql_where=text("cancel_notice")),
+        Index("uq_tasks_app_id_idempotency_key", "app_id", "idempotency_key", unique=True,
+              postgresql_nulls_not_distinct=True,
+              postgresql_where=text("idempotency_key IS NOT NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    app_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    url: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(8), default="POST")
+    headers: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    body: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    content_type: Mapped[str | None] = mapped_column(Text)
+    timeout: Mapped[int] = mapped_column(Integer)
+    due: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer)
+    backoff: Mapped[str] = mapped_column(String(16))
+    created: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    modified: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    callback: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # A cancelled task whose hook is still owed its DELETE notice (sent by a worker when
+    # ``due`` passes; the requeue poller finds these like PENDING tasks).
+    cancel_notice: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                server_default=text("false"))
+    # For a callback delivery: the task whose outcome it reports.
+    callback_of: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
+class Attempt(Base):
+    """One HTTP call made for a task: a delivery, or the DELETE sent on cancellation."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_task_id_id", "task_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(8))
+    started: Mapped[datetime] = mapped_column(Timestamp)
+    elapsed_ms: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    headers: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False,
+                                            server_default=text("false"))
+    error: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))

@@ -1,0 +1,245 @@
+"""Every task state transition, one short function each.
+
+Each write that ends an attempt is guarded by the attempt number it acquired and by the
+task still being PENDING, so a stale, slow or cancelled attempt never overwrites a newer
+state. Functions take an open connection or session; the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    CursorResult,
+    LargeBinary,
+    Table,
+    Uuid,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from ntq.models import CANCELLED, COMPLETED, FAILED, PENDING, TERMINAL, App, Task
+from ntq.records import Acquired, AttemptResult, NewTask, TaskView, Verdict
+from ntq.uuid7 import uuid7
+
+Db = Connection | Session
+
+tasks = cast(Table, Task.__table__)
+apps = cast(Table, App.__table__)
+
+# Extra lease beyond the attempt's timeout: covers clock skew and the time to record.
+LEASE_GRACE = 10
+
+VIEW_COLUMNS = [c for c in tasks.c if c.name != "body"] + [
+    func.octet_length(tasks.c.body).label("body_size")
+]
+
+
+def _seconds(value: Any) -> ColumnElement[Any]:
+    """``value`` seconds as a PostgreSQL interval expression."""
+    interval: ColumnElement[Any] = literal_column("interval '1 second'") * value
+    return interval
+
+
+def _due(new: NewTask) -> Any:
+    if new.not_before is not None:
+        return new.not_before
+    if new.delay:
+        return func.now() + _seconds(new.delay)
+    return func.now()
+
+
+def _values(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
+    return {
+        "id": uuid7(), "app_id": app_id, "status": PENDING, "url": new.url,
+        "method": new.method, "headers": new.headers, "body": new.body,
+        "content_type": new.content_type, "timeout": new.timeout, "due": _due(new),
+        "retry_count": 0, "max_retries": new.max_retries, "backoff": new.backoff,
+        "callback": new.callback, "idempotency_key": new.idempotency_key,
+    }
+
+
+def enqueue(db: Db, new: NewTask, app_id: uuid.UUID | None) -> tuple[TaskView, bool]:
+    """Insert a PENDING task; return it and whether it is new.
+
+    With an idempotency key already used by the application, the existing task is
+    returned instead (``False``), even when the duplicate arrives concurrently.
+    """
+    stmt = pg_insert(tasks).values(_values(new, app_id))
+    if new.idempotency_key is not None:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=["app_id", "idempotency_key"],
+            index_where=tasks.c.idempotency_key.isnot(None),
+        )
+    row = db.execute(stmt.returning(*VIEW_COLUMNS)).first()
+    if row is not None:
+        return TaskView.from_row(row), True
+    existing = by_idempotency_key(db, app_id, new.idempotency_key or "")
+    if existing is None:  # the key's task was deleted between the two statements
+        return enqueue(db, new, app_id)
+    return existing, False
+
+
+def by_idempotency_key(db: Db, app_id: uuid.UUID | None, key: str) -> TaskView | None:
+    """The application's task created with idempotency key ``key``, if any."""
+    stmt = select(*VIEW_COLUMNS).where(
+        tasks.c.app_id.is_not_distinct_from(app_id), tasks.c.idempotency_key == key
+    )
+    row = db.execute(stmt).first()
+    return TaskView.from_row(row) if row else None
+
+
+def get(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
+    """The task, if it exists and belongs to ``app_id``."""
+    stmt = select(*VIEW_COLUMNS).where(
+        tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id)
+    )
+    row = db.execute(stmt).first()
+    return TaskView.from_row(row) if row else None
+
+
+def acquire(conn: Db, ids: Sequence[uuid.UUID]) -> list[Acquired]:
+    """Take the due PENDING tasks among ``ids`` for one attempt each.
+
+    One statement: ``retry_count`` += 1 and ``due`` pushed past the attempt's end (timeout
+    plus grace), so no other worker takes the task while this attempt can still run. Ids
+    that are not due (running elsewhere, delayed, finished, deleted) are skipped.
+    """
+    secret = (
+        select(apps.c.signing_secret).where(apps.c.id == tasks.c.app_id).scalar_subquery()
+    )
+    stmt = (
+        update(tasks)
+        .where(tasks.c.id.in_(ids), tasks.c.status == PENDING, tasks.c.due <= func.now())
+        .values(
+            retry_count=tasks.c.retry_count + 1,
+            due=func.now() + _seconds(tasks.c.timeout + LEASE_GRACE),
+            modified=func.now(),
+        )
+        .returning(*[tasks.c[name] for name in Acquired.__dataclass_fields__ if name != "secret"],
+                   secret.label("secret"))
+    )
+    return [Acquired.from_row(row) for row in conn.execute(stmt)]
+
+
+_INSERT_ATTEMPT = text(
+    """
+    INSERT INTO attempts (task_id, number, method, started, elapsed_ms, status_code, reason,
+                          headers, body, truncated, error, outcome)
+    SELECT :task_id, :number, :method, :started, :elapsed_ms, :status_code, :reason,
+           :headers, :body, :truncated, :error, :outcome
+    WHERE EXISTS (SELECT 1 FROM tasks WHERE id = :task_id)
+    """
+).bindparams(
+    bindparam("task_id", type_=Uuid),
+    bindparam("headers", type_=JSONB),
+    bindparam("body", type_=LargeBinary),
+)
+
+
+def record_attempt(conn: Db, task_id: uuid.UUID, number: int, result: AttemptResult,
+                   outcome: str) -> None:
+    """Store one HTTP call made for the task (nothing if the task was deleted meanwhile)."""
+    conn.execute(_INSERT_ATTEMPT, {
+        "task_id": task_id, "number": number, "method": result.method,
+        "started": result.started, "elapsed_ms": result.elapsed_ms,
+        "status_code": result.status_code, "reason": result.reason,
+        "headers": result.headers, "body": result.body, "truncated": result.truncated,
+        "error": result.error, "outcome": outcome,
+    })
+
+
+def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) -> str | None:
+    """Record the attempt and apply the verdict, guarded by the attempt number.
+
+    Returns the task's new status, or None when the attempt was stale (the task was
+    cancelled, deleted or re-acquired meanwhile) and nothing changed.
+    """
+    record_attempt(conn, task.id, task.retry_count, result, verdict.outcome)
+    if verdict.outcome == "interrupted":
+        return None
+    status = {"complete": COMPLETED, "fail": FAILED, "retry": PENDING}[verdict.outcome]
+    values: dict[str, Any] = {
+        "status": status, "modified": func.now(),
+        "last_status_code": result.status_code, "last_error": verdict.error,
+    }
+    if verdict.outcome == "retry":
+        values["due"] = func.now() + _seconds(verdict.delay or 0)
+    stmt = (
+        update(tasks)
+        .where(tasks.c.id == task.id, tasks.c.retry_count == task.retry_count,
+               tasks.c.status == PENDING)
+        .values(values)
+        .returning(tasks.c.id)
+    )
+    return status if conn.execute(stmt).first() else None
+
+
+def cancel(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
+    """PENDING -> CANCELLED. Returns the cancelled task, or None if it was not PENDING."""
+    stmt = (
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
+               tasks.c.status == PENDING)
+        .values(status=CANCELLED, modified=func.now(), last_error="cancelled")
+        .returning(*VIEW_COLUMNS)
+    )
+    row = db.execute(stmt).first()
+    return TaskView.from_row(row) if row else None
+
+
+def replay(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
+    """FAILED or CANCELLED -> PENDING, due now, with a fresh retry budget."""
+    stmt = (
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
+               tasks.c.status.in_([FAILED, CANCELLED]))
+        .values(status=PENDING, due=func.now(), retry_count=0, modified=func.now(),
+                last_error=None)
+        .returning(*VIEW_COLUMNS)
+    )
+    row = db.execute(stmt).first()
+    return TaskView.from_row(row) if row else None
+
+
+Cursor = tuple[datetime, uuid.UUID]
+
+
+def overdue(conn: Db, limit: int, after: Cursor | None = None) -> list[Cursor]:
+    """``(due, id)`` of PENDING tasks whose due time has passed, oldest first.
+
+    ``after`` continues a sweep where the previous batch ended. The partial index on
+    ``(due, id) WHERE status = 'PENDING'`` serves both the filter and the order.
+    """
+    stmt = select(tasks.c.due, tasks.c.id).where(tasks.c.status == PENDING,
+                                                 tasks.c.due <= func.now())
+    if after is not None:
+        stmt = stmt.where(tuple_(tasks.c.due, tasks.c.id) > tuple_(*after))
+    stmt = stmt.order_by(tasks.c.due, tasks.c.id).limit(limit)
+    return [(row.due, row.id) for row in conn.execute(stmt)]
+
+
+def cleanup(conn: Db, older_than_days: float, limit: int = 5000) -> int:
+    """Delete up to ``limit`` finished tasks last modified more than the given days ago."""
+    victims = (
+        select(tasks.c.id)
+        .where(tasks.c.status.in_(TERMINAL),
+               tasks.c.modified < func.now() - _seconds(older_than_days * 86400))
+        .limit(limit)
+    )
+    result = conn.execute(delete(tasks).where(tasks.c.id.in_(victims.scalar_subquery())))
+    return int(cast(CursorResult[Any], result).rowcount)

@@ -1,0 +1,105 @@
+"""Frozen value objects that cross module boundaries instead of live ORM rows."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A validated request to create a task (times are relative to the database clock)."""
+
+    url: str
+    method: str = "POST"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    content_type: str | None = None
+    timeout: int = 60
+    delay: float = 0.0
+    not_before: datetime | None = None
+    max_retries: int = 36
+    backoff: str = "exponential"
+    callback: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A task as clients see it (no body: it may be large and binary)."""
+
+    id: uuid.UUID
+    app_id: uuid.UUID | None
+    status: str
+    url: str
+    method: str
+    headers: dict[str, str]
+    content_type: str | None
+    timeout: int
+    due: datetime
+    retry_count: int
+    max_retries: int
+    backoff: str
+    created: datetime
+    modified: datetime
+    last_status_code: int | None
+    last_error: str | None
+    callback: str | None
+    idempotency_key: str | None
+    body_size: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> TaskView:
+        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """A task a worker holds for one attempt: ``retry_count`` is this attempt's number."""
+
+    id: uuid.UUID
+    app_id: uuid.UUID | None
+    url: str
+    method: str
+    headers: dict[str, str]
+    body: bytes
+    content_type: str | None
+    timeout: int
+    retry_count: int
+    max_retries: int
+    backoff: str
+    callback: str | None
+    secret: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Acquired:
+        values = {name: getattr(row, name) for name in cls.__dataclass_fields__}
+        values["body"] = bytes(values["body"] or b"")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one HTTP call produced."""
+
+    method: str
+    started: datetime
+    elapsed_ms: int
+    status_code: int | None = None
+    reason: str | None = None
+    headers: dict[str, str] | None = None
+    body: bytes | None = None
+    truncated: bool = False
+    error: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a task after an attempt: complete, retry (after ``delay``) or fail."""
+
+    outcome: str  # "complete" | "retry" | "fail"
+    error: str | None = None
+    delay: float | None = None

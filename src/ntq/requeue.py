@@ -1,0 +1,94 @@
+"""The requeue poller and cleanup: the guarantee behind Redis's hints.
+
+Every ``NTQ_REQUEUE_INTERVAL`` seconds the poller sweeps PENDING tasks whose due time has
+passed, oldest first, and pushes their ids to the queue in batches. It pushes only while
+the queue list is short, so the list cannot grow without bound while no worker consumes.
+Each round runs under a transaction-level advisory lock: two pollers are harmless, one of
+them simply skips the round. Cleanup deletes finished tasks older than the retention.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+import structlog
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ntq import notify, queue
+from ntq.config import Settings
+
+log = structlog.get_logger(__name__)
+
+LOCK_KEY = 0x6E7471  # "ntq"
+BATCH = 1000
+LOW_WATER = 1000  # push more only while the queue list holds fewer ids than this
+BUSY_PAUSE = 0.1
+CLEANUP_EVERY = 60.0
+
+
+class Requeue:
+    """The poller's state: where the current sweep is, when cleanup last ran."""
+
+    def __init__(self, settings: Settings, engine: Engine, notifier: notify.Notifier) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.notifier = notifier
+        self.cursor: queue.Cursor | None = None
+        self.last_cleanup = 0.0
+        self.stopping = False
+
+    def run(self) -> None:
+        """Poll until :meth:`request_stop`."""
+        log.info("requeue.start", interval=self.settings.requeue_interval)
+        while not self.stopping:
+            busy = self._round_safely()
+            self._sleep(BUSY_PAUSE if busy else self.settings.requeue_interval)
+        log.info("requeue.stop")
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, seconds))
+
+    def _round_safely(self) -> bool:
+        try:
+            return self.round()
+        except (SQLAlchemyError, redis.RedisError) as exc:
+            log.warning("requeue.round_failed", error=str(exc).splitlines()[0])
+            return False
+
+    def round(self) -> bool:
+        """One locked round; True if a backlog remains to push right away."""
+        with self.engine.begin() as conn:
+            if not _try_lock(conn):
+                return False
+            busy = self._push_overdue(conn)
+            if time.monotonic() - self.last_cleanup >= CLEANUP_EVERY:
+                self._cleanup(conn)
+        return busy
+
+    def _push_overdue(self, conn: Connection) -> bool:
+        room = LOW_WATER - self.notifier.backlog()
+        if room <= 0:
+            return True
+        batch = queue.overdue(conn, min(BATCH, room), after=self.cursor)
+        if batch and self.notifier.push(task_id for _, task_id in batch):
+            log.info("requeue.pushed", count=len(batch))
+        full = len(batch) == min(BATCH, room)
+        self.cursor = batch[-1] if full else None
+        return full
+
+    def _cleanup(self, conn: Connection) -> None:
+        self.last_cleanup = time.monotonic()
+        deleted = queue.cleanup(conn, self.settings.cleanup_after_days)
+        if deleted:
+            log.info("requeue.cleaned", deleted=deleted)
+
+
+def _try_lock(conn: Connection) -> bool:
+    return bool(conn.execute(select(func.pg_try_advisory_xact_lock(LOCK_KEY))).scalar())

@@ -1,0 +1,41 @@
+"""Long-running processes with signal handling: ``ntq worker`` and ``ntq requeue``."""
+
+from __future__ import annotations
+
+import signal
+
+from ntq.config import Settings
+from ntq.db import make_engine
+
+
+def run_worker(settings: Settings, grace: float) -> None:
+    """Deliver tasks until SIGTERM/SIGINT (twice to stop at once). The process must
+    already be patched by :func:`ntq.green.patch`."""
+    import gevent
+
+    from ntq.worker import Worker
+
+    assert settings.database_url
+    pool = min(settings.worker_concurrency, 20)
+    engine = make_engine(settings.database_url, pool_size=pool, max_overflow=pool)
+    worker = Worker(settings, engine, settings.worker_concurrency, grace=grace)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, worker.request_stop)
+    worker.run()
+    engine.dispose()
+
+
+def run_requeue(settings: Settings) -> None:
+    """Requeue overdue tasks and clean up until SIGTERM/SIGINT."""
+    from ntq import notify
+    from ntq.requeue import Requeue
+
+    assert settings.database_url
+    assert settings.redis_url
+    engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
+    notifier = notify.Notifier(settings, notify.client(settings.redis_url))
+    poller = Requeue(settings, engine, notifier)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: poller.request_stop())
+    poller.run()
+    engine.dispose()

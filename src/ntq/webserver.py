@@ -1,0 +1,54 @@
+"""``ntq web``: the API under gunicorn with gevent workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from ntq.config import Settings
+
+
+class WebServer(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
+    """gunicorn, configured in code; the app is built in each worker after fork."""
+
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        # gunicorn's gevent worker has patched the process; make psycopg2 cooperative too.
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+        from ntq.app import make_app
+
+        return make_app(self.settings, pool_size=20)
+
+
+def options(settings: Settings, host: str, workers: int) -> dict[str, Any]:
+    return {
+        "bind": f"{host}:{settings.port}",
+        "workers": workers,
+        "worker_class": "gevent",
+        "worker_connections": 1000,
+        "keepalive": 75,
+        "graceful_timeout": 10,
+        # nTorque's clients send NTORQUE_API_KEY with an underscore: keep such headers.
+        "header_map": "dangerous",
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
+        "proc_name": "ntq-web",
+    }
+
+
+def serve_web(settings: Settings, host: str, workers: int) -> None:
+    WebServer(settings, options(settings, host, workers)).run()

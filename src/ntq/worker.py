@@ -1,0 +1,189 @@
+"""The worker: a bounded gevent pool fed by Redis wake-ups.
+
+One dispatcher greenlet waits for a free slot, BLPOPs task ids (taking more with LPOP while
+slots are free), acquires the due ones in one statement and spawns an attempt for each. A
+second greenlet promotes scheduled retries whose time has come; a third listens for
+cancellations and interrupts the attempts they name. Stop is two-staged: the first signal
+stops taking tasks and lets running attempts finish within the grace period; a second
+signal interrupts them (their leases expire and they are retried later).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.pool
+import redis
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from ntq import delivery, notify, queue
+from ntq.config import Settings
+from ntq.records import Acquired, AttemptResult, Verdict
+
+log = structlog.get_logger(__name__)
+
+BLPOP_TIMEOUT = 1
+MAX_BATCH = 100
+PROMOTE_INTERVAL = 0.1
+FINISH_RETRY_FOR = 60.0
+
+
+class Cancelled(gevent.GreenletExit):  # type: ignore[misc]  # gevent is untyped
+    """Raised inside an attempt whose task was cancelled."""
+
+
+class Worker:
+    """Takes due tasks and delivers them, up to ``concurrency`` at a time."""
+
+    def __init__(self, settings: Settings, engine: Engine, concurrency: int,
+                 grace: float = 30.0) -> None:
+        assert settings.redis_url is not None
+        self.settings = settings
+        self.engine = engine
+        self.grace = grace
+        self.pool = gevent.pool.Pool(concurrency)
+        self.session = delivery.make_session(settings, concurrency)
+        self.redis = notify.client(settings.redis_url, blocking=True)
+        self.notifier = notify.Notifier(settings, notify.client(settings.redis_url))
+        self.running: dict[uuid.UUID, gevent.Greenlet] = {}
+        self.stopping = gevent.event.Event()
+        self.stopped = gevent.event.Event()
+        self.helpers: list[gevent.Greenlet] = []
+
+    def run(self) -> None:
+        """Serve until :meth:`request_stop`, then drain and return."""
+        log.info("worker.start", concurrency=self.pool.size)
+        self.helpers = [gevent.spawn(self._promote_loop), gevent.spawn(self._cancel_loop)]
+        dispatcher = gevent.spawn(self._dispatch_loop)
+        self.stopping.wait()
+        dispatcher.kill()
+        self._drain()
+        gevent.killall(self.helpers)
+        self.stopped.set()
+        log.info("worker.stop")
+
+    def request_stop(self) -> None:
+        """First signal: stop taking tasks; a second one interrupts running attempts."""
+        if self.stopping.is_set():
+            log.warning("worker.force_stop", running=len(self.running))
+            self.pool.kill(block=False)
+            return
+        log.info("worker.stopping", running=len(self.running))
+        self.stopping.set()
+
+    def _drain(self) -> None:
+        if not self.pool.join(timeout=self.grace):
+            log.warning("worker.grace_expired", running=len(self.running))
+            self.pool.kill(timeout=5)
+
+    def _dispatch_loop(self) -> None:
+        while not self.stopping.is_set():
+            self.pool.wait_available()
+            try:
+                ids = self._take(self.pool.free_count())
+                tasks = self._acquire(ids) if ids else []
+            except (redis.RedisError, SQLAlchemyError) as exc:
+                log.warning("worker.dispatch_failed", error=str(exc).splitlines()[0])
+                gevent.sleep(1)
+                continue
+            for task in tasks:
+                self.running[task.id] = self.pool.spawn(self._attempt, task)
+
+    def _take(self, free: int) -> list[uuid.UUID]:
+        popped = self.redis.blpop([self.settings.queue_key], timeout=BLPOP_TIMEOUT)
+        if popped is None:
+            return []
+        raw: list[Any] = [popped[1]]
+        if free > 1:
+            more = self.redis.lpop(self.settings.queue_key, min(free - 1, MAX_BATCH))
+            raw.extend(more or [])
+        return _parse_ids(raw)
+
+    def _acquire(self, ids: list[uuid.UUID]) -> list[Acquired]:
+        with self.engine.begin() as conn:
+            return queue.acquire(conn, ids)
+
+    def _attempt(self, task: Acquired) -> None:
+        structlog.contextvars.bind_contextvars(task_id=str(task.id), attempt=task.retry_count)
+        try:
+            result = delivery.deliver(self.session, task, self.settings)
+        except Cancelled:
+            result = AttemptResult(method=task.method, started=datetime.now(UTC),
+                                   elapsed_ms=0, error="interrupted: task cancelled")
+            self._finish(task, result, Verdict("interrupted"))
+            return
+        finally:
+            self.running.pop(task.id, None)
+        verdict = delivery.classify(task, result, self.settings)
+        log.info("worker.attempt", outcome=verdict.outcome, status_code=result.status_code,
+                 elapsed_ms=result.elapsed_ms, error=result.error)
+        self._finish(task, result, verdict)
+
+    def _finish(self, task: Acquired, result: AttemptResult, verdict: Verdict) -> None:
+        """Record the outcome, retrying through a database outage for a while."""
+        deadline = time.monotonic() + FINISH_RETRY_FOR
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    status = queue.finish(conn, task, result, verdict)
+                break
+            except SQLAlchemyError as exc:
+                if time.monotonic() > deadline:
+                    log.error("worker.finish_failed", error=str(exc).splitlines()[0])
+                    return
+                gevent.sleep(1)
+        if status is None:
+            log.info("worker.stale_attempt")
+        elif verdict.outcome == "retry":
+            self.notifier.schedule(task.id, time.time() + (verdict.delay or 0))
+
+    def _promote_loop(self) -> None:
+        while True:
+            try:
+                self.notifier.promote_due()
+            except redis.RedisError as exc:
+                log.warning("worker.promote_failed", error=str(exc))
+                gevent.sleep(1)
+            gevent.sleep(PROMOTE_INTERVAL)
+
+    def _cancel_loop(self) -> None:
+        while True:
+            try:
+                self._listen_for_cancels()
+            except redis.RedisError as exc:
+                log.warning("worker.cancel_listener_failed", error=str(exc))
+                gevent.sleep(1)
+
+    def _listen_for_cancels(self) -> None:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub.subscribe(self.settings.cancel_channel)
+        try:
+            for message in pubsub.listen():
+                self._interrupt(message.get("data"))
+        finally:
+            pubsub.close()
+
+    def _interrupt(self, data: Any) -> None:
+        ids = _parse_ids([data])
+        greenlet = self.running.get(ids[0]) if ids else None
+        if greenlet is not None:
+            log.info("worker.interrupt", task_id=str(ids[0]))
+            greenlet.kill(Cancelled, block=False)
+
+
+def _parse_ids(raw: list[Any]) -> list[uuid.UUID]:
+    ids = []
+    for value in raw:
+        try:
+            ids.append(uuid.UUID(value.decode() if isinstance(value, bytes) else str(value)))
+        except ValueError:
+            log.warning("worker.bad_hint")
+    return ids
+
