@@ -119,6 +119,15 @@ class Settings:
         return f"{self.redis_channel}:scheduled"
 
     @property
+    def metrics_key(self) -> str:
+        """The Redis hash holding every process's counters."""
+        return f"{self.redis_channel}:metrics"
+
+    def finished_channel(self, task_id: object) -> str:
+        """The pub/sub channel announcing that one task reached a terminal state."""
+        return f"{self.redis_channel}:finished:{task_id}"
+
+    @property
     def cancel_channel(self) -> str:
         """The Redis pub/sub channel that carries cancellations to every worker."""
         return f"{self.redis_channel}:cancel"

@@ -14,6 +14,7 @@ from requests.adapters import HTTPAdapter
 from ntq import __version__, signing
 from ntq.backoff import Backoff, parse_retry_after
 from ntq.config import Settings
+from ntq.queue import NOTICE_TIMEOUT
 from ntq.records import Acquired, AttemptResult, Verdict
 from ntq.urlsafety import AddressPolicy, BlockedAddress, guarded_pool_classes
 
@@ -112,6 +113,22 @@ def deliver(session: requests.Session, task: Acquired, settings: Settings) -> At
     headers = request_headers(task, int(time.time()))
     return call(session, task.method, task.url, headers, task.body, task.timeout,
                 settings.max_response_bytes)
+
+
+NOTICE_TRIES = 3
+
+
+def send_cancel_notice(session: requests.Session, task: Acquired) -> AttemptResult:
+    """``DELETE`` the cancelled task's URL so its service can stop the work (retried
+    briefly on network errors)."""
+    headers = {**task.headers, "User-Agent": USER_AGENT, "NTQ-Task-Id": str(task.id)}
+    headers.update(signing.headers(task.secret, str(task.id), int(time.time()), b""))
+    for attempt in range(1, NOTICE_TRIES + 1):
+        result = call(session, "DELETE", task.url, headers, b"", NOTICE_TIMEOUT, 4096)
+        if result.status_code is not None or attempt == NOTICE_TRIES:
+            return result
+        gevent.sleep(attempt)
+    raise AssertionError("unreachable")
 
 
 def classify(task: Acquired, result: AttemptResult, settings: Settings) -> Verdict:

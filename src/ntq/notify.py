@@ -1,7 +1,9 @@
-"""Redis wake-ups and cancel broadcasts: hints, never the truth.
+"""Redis wake-ups, cancel broadcasts, finish announcements and counters: hints, never the
+truth.
 
 Every failure here is logged and swallowed: PostgreSQL holds every task, and the requeue
-poller finds what a lost hint would have announced.
+poller finds what a lost hint would have announced. Each public method is one round trip
+(a pipeline), run only after the transaction it reports has committed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable
 import redis
 import structlog
 
+from ntq import metrics
 from ntq.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -28,6 +31,11 @@ end
 return #ids
 """
 
+# How long a cancelled attempt gets to be interrupted before the DELETE notice is sent.
+NOTICE_DELAY = 0.5
+
+Id = uuid.UUID | str
+
 
 def client(url: str, *, blocking: bool = False) -> redis.Redis:
     """A Redis client; ``blocking`` ones have no read timeout (for BLPOP and pub/sub)."""
@@ -40,46 +48,87 @@ def client(url: str, *, blocking: bool = False) -> redis.Redis:
 
 
 class Notifier:
-    """Publishes wake-ups (task ids on the queue list) and cancellations."""
+    """Publishes wake-ups, schedules, cancellations and finish events."""
 
     def __init__(self, settings: Settings, conn: redis.Redis) -> None:
         self.redis = conn
-        self.queue_key = settings.queue_key
-        self.scheduled_key = settings.scheduled_key
-        self.cancel_channel = settings.cancel_channel
+        self.settings = settings
         self._promote = conn.register_script(_PROMOTE)
 
-    def push(self, ids: Iterable[uuid.UUID | str]) -> bool:
+    def _run(self, event: str, pipe: redis.client.Pipeline) -> bool:
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning(f"notify.{event}_failed", error=str(exc))
+            return False
+        return True
+
+    def push(self, ids: Iterable[Id]) -> bool:
         """Tell workers these tasks are due. False if Redis could not be reached."""
         values = [str(i) for i in ids]
         if not values:
             return True
-        try:
-            self.redis.rpush(self.queue_key, *values)
-        except redis.RedisError as exc:
-            log.warning("notify.push_failed", error=str(exc), count=len(values))
-            return False
-        return True
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(self.settings.queue_key, *values)
+        return self._run("push", pipe)
 
-    def schedule(self, task_id: uuid.UUID | str, when: float) -> None:
+    def enqueued(self, due_now: list[Id], later: dict[Id, float]) -> bool:
+        """Announce new tasks: wake workers for ``due_now``, schedule ``later`` (id ->
+        epoch seconds), count them all."""
+        pipe = self.redis.pipeline(transaction=False)
+        if due_now:
+            pipe.rpush(self.settings.queue_key, *[str(i) for i in due_now])
+        if later:
+            pipe.zadd(self.settings.scheduled_key, {str(k): v for k, v in later.items()})
+        metrics.count_enqueued(pipe, self.settings.metrics_key, len(due_now) + len(later))
+        return self._run("enqueued", pipe)
+
+    def schedule(self, task_id: Id, when: float) -> bool:
         """Wake workers for the task at epoch time ``when`` (the poller is the backstop)."""
-        try:
-            self.redis.zadd(self.scheduled_key, {str(task_id): when})
-        except redis.RedisError as exc:
-            log.warning("notify.schedule_failed", error=str(exc))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.settings.scheduled_key, {str(task_id): when})
+        return self._run("schedule", pipe)
+
+    def attempted(self, task_id: Id, outcome: str, elapsed_ms: int, status: str | None,
+                  retry_at: float | None = None, callback_id: Id | None = None) -> None:
+        """After an attempt's outcome committed: count it, schedule the retry, wake the
+        callback's delivery, announce a terminal state to long-polling readers."""
+        pipe = self.redis.pipeline(transaction=False)
+        metrics.count_attempt(pipe, self.settings.metrics_key, outcome, elapsed_ms)
+        if retry_at is not None:
+            pipe.zadd(self.settings.scheduled_key, {str(task_id): retry_at})
+        if callback_id is not None:
+            pipe.rpush(self.settings.queue_key, str(callback_id))
+        if status is not None and status != "PENDING":
+            self._finished(pipe, task_id, status)
+        self._run("attempted", pipe)
+
+    def _finished(self, pipe: redis.client.Pipeline, task_id: Id, status: str) -> None:
+        metrics.count_terminal(pipe, self.settings.metrics_key, status)
+        pipe.publish(self.settings.finished_channel(task_id), status)
+
+    def cancelled(self, task_id: Id, callback_id: Id | None = None) -> None:
+        """After a cancel committed: interrupt running attempts anywhere, schedule the
+        hook's DELETE notice, announce the terminal state."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.publish(self.settings.cancel_channel, str(task_id))
+        pipe.zadd(self.settings.scheduled_key, {str(task_id): time.time() + NOTICE_DELAY})
+        if callback_id is not None:
+            pipe.rpush(self.settings.queue_key, str(callback_id))
+        self._finished(pipe, task_id, "CANCELLED")
+        self._run("cancelled", pipe)
+
+    def interrupt_app(self, app_id: uuid.UUID | None) -> None:
+        """Interrupt every running attempt of the application's tasks (they were deleted)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.publish(self.settings.cancel_channel, f"app:{app_id}")
+        self._run("interrupt", pipe)
 
     def promote_due(self, limit: int = 1000) -> int:
         """Move scheduled ids whose time has come onto the queue; return how many."""
-        return int(self._promote(keys=[self.scheduled_key, self.queue_key],
+        return int(self._promote(keys=[self.settings.scheduled_key, self.settings.queue_key],
                                  args=[time.time(), limit]))
-
-    def cancel(self, task_id: uuid.UUID | str) -> None:
-        """Tell every worker to interrupt a running attempt of the task."""
-        try:
-            self.redis.publish(self.cancel_channel, str(task_id))
-        except redis.RedisError as exc:
-            log.warning("notify.cancel_failed", error=str(exc))
 
     def backlog(self) -> int:
         """Length of the queue list (ids not yet taken by a worker)."""
-        return int(self.redis.llen(self.queue_key))
+        return int(self.redis.llen(self.settings.queue_key))

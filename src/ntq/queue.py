@@ -2,13 +2,15 @@
 
 Each write that ends an attempt is guarded by the attempt number it acquired and by the
 task still being PENDING, so a stale, slow or cancelled attempt never overwrites a newer
-state. Functions take an open connection or session; the caller owns the transaction.
+state; a terminal task leaves its state only by an explicit replay. Functions take an open
+connection or session; the caller owns the transaction and notifies Redis after commit.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -20,6 +22,7 @@ from sqlalchemy import (
     Table,
     Uuid,
     bindparam,
+    case,
     delete,
     func,
     literal_column,
@@ -32,7 +35,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from ntq.models import CANCELLED, COMPLETED, FAILED, PENDING, TERMINAL, App, Task
+from ntq import serialize
+from ntq.models import CANCELLED, COMPLETED, FAILED, PENDING, TERMINAL, App, Attempt, Task
 from ntq.records import Acquired, AttemptResult, NewTask, TaskView, Verdict
 from ntq.uuid7 import uuid7
 
@@ -40,16 +44,19 @@ Db = Connection | Session
 
 tasks = cast(Table, Task.__table__)
 apps = cast(Table, App.__table__)
+attempts = cast(Table, Attempt.__table__)
 
 # Extra lease beyond the attempt's timeout: covers clock skew and the time to record.
 LEASE_GRACE = 10
+# A cancel notice (the DELETE sent to the hook) gets at most this long per try.
+NOTICE_TIMEOUT = 10
 
 VIEW_COLUMNS = [c for c in tasks.c if c.name != "body"] + [
     func.octet_length(tasks.c.body).label("body_size")
 ]
 
 
-def _seconds(value: Any) -> ColumnElement[Any]:
+def seconds(value: Any) -> ColumnElement[Any]:
     """``value`` seconds as a PostgreSQL interval expression."""
     interval: ColumnElement[Any] = literal_column("interval '1 second'") * value
     return interval
@@ -59,7 +66,7 @@ def _due(new: NewTask) -> Any:
     if new.not_before is not None:
         return new.not_before
     if new.delay:
-        return func.now() + _seconds(new.delay)
+        return func.now() + seconds(new.delay)
     return func.now()
 
 
@@ -70,6 +77,7 @@ def _values(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
         "content_type": new.content_type, "timeout": new.timeout, "due": _due(new),
         "retry_count": 0, "max_retries": new.max_retries, "backoff": new.backoff,
         "callback": new.callback, "idempotency_key": new.idempotency_key,
+        "callback_of": new.callback_of, "cancel_notice": False,
     }
 
 
@@ -77,7 +85,8 @@ def enqueue(db: Db, new: NewTask, app_id: uuid.UUID | None) -> tuple[TaskView, b
     """Insert a PENDING task; return it and whether it is new.
 
     With an idempotency key already used by the application, the existing task is
-    returned instead (``False``), even when the duplicate arrives concurrently.
+    returned instead (``False``), even when the duplicate arrives concurrently: the
+    unique index makes the second insert wait for the first and then do nothing.
     """
     stmt = pg_insert(tasks).values(_values(new, app_id))
     if new.idempotency_key is not None:
@@ -92,6 +101,17 @@ def enqueue(db: Db, new: NewTask, app_id: uuid.UUID | None) -> tuple[TaskView, b
     if existing is None:  # the key's task was deleted between the two statements
         return enqueue(db, new, app_id)
     return existing, False
+
+
+def enqueue_many(db: Db, batch: Sequence[NewTask],
+                 app_id: uuid.UUID | None) -> list[tuple[TaskView, bool]]:
+    """Insert a batch in one statement (one by one where idempotency keys need checks)."""
+    if any(new.idempotency_key for new in batch):
+        return [enqueue(db, new, app_id) for new in batch]
+    values = [_values(new, app_id) for new in batch]
+    rows = db.execute(pg_insert(tasks).values(values).returning(*VIEW_COLUMNS))
+    by_id = {row.id: TaskView.from_row(row) for row in rows}
+    return [(by_id[v["id"]], True) for v in values]  # RETURNING order is not guaranteed
 
 
 def by_idempotency_key(db: Db, app_id: uuid.UUID | None, key: str) -> TaskView | None:
@@ -113,21 +133,27 @@ def get(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None
 
 
 def acquire(conn: Db, ids: Sequence[uuid.UUID]) -> list[Acquired]:
-    """Take the due PENDING tasks among ``ids`` for one attempt each.
+    """Take the due tasks among ``ids``: PENDING ones for one delivery attempt each,
+    CANCELLED ones that still owe their hook a DELETE notice.
 
-    One statement: ``retry_count`` += 1 and ``due`` pushed past the attempt's end (timeout
-    plus grace), so no other worker takes the task while this attempt can still run. Ids
-    that are not due (running elsewhere, delayed, finished, deleted) are skipped.
+    One statement: a delivery's ``retry_count`` += 1, and ``due`` is pushed past the
+    attempt's end (timeout plus grace) so no other worker takes the task while this
+    attempt can still run. Ids that are not due (running elsewhere, delayed, finished,
+    deleted) are skipped.
     """
     secret = (
         select(apps.c.signing_secret).where(apps.c.id == tasks.c.app_id).scalar_subquery()
     )
+    delivering = tasks.c.status == PENDING
+    lease = case((delivering, tasks.c.timeout), else_=NOTICE_TIMEOUT * 3) + LEASE_GRACE
     stmt = (
         update(tasks)
-        .where(tasks.c.id.in_(ids), tasks.c.status == PENDING, tasks.c.due <= func.now())
+        .where(tasks.c.id.in_(ids), tasks.c.due <= func.now(),
+               delivering | tasks.c.cancel_notice)
         .values(
-            retry_count=tasks.c.retry_count + 1,
-            due=func.now() + _seconds(tasks.c.timeout + LEASE_GRACE),
+            retry_count=case((delivering, tasks.c.retry_count + 1),
+                             else_=tasks.c.retry_count),
+            due=func.now() + seconds(lease),
             modified=func.now(),
         )
         .returning(*[tasks.c[name] for name in Acquired.__dataclass_fields__ if name != "secret"],
@@ -163,22 +189,32 @@ def record_attempt(conn: Db, task_id: uuid.UUID, number: int, result: AttemptRes
     })
 
 
-def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) -> str | None:
+@dataclass(frozen=True)
+class Finished:
+    """What a guarded write changed: the new status (None if stale) and the callback
+    task it created, if any."""
+
+    status: str | None
+    callback_id: uuid.UUID | None = None
+
+
+def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) -> Finished:
     """Record the attempt and apply the verdict, guarded by the attempt number.
 
-    Returns the task's new status, or None when the attempt was stale (the task was
-    cancelled, deleted or re-acquired meanwhile) and nothing changed.
+    The status is None when the attempt was stale (the task was cancelled, deleted or
+    re-acquired meanwhile) and nothing changed. Reaching a terminal state with a
+    ``callback`` creates the callback's delivery task in the same transaction.
     """
     record_attempt(conn, task.id, task.retry_count, result, verdict.outcome)
     if verdict.outcome == "interrupted":
-        return None
+        return Finished(None)
     status = {"complete": COMPLETED, "fail": FAILED, "retry": PENDING}[verdict.outcome]
     values: dict[str, Any] = {
         "status": status, "modified": func.now(),
         "last_status_code": result.status_code, "last_error": verdict.error,
     }
     if verdict.outcome == "retry":
-        values["due"] = func.now() + _seconds(verdict.delay or 0)
+        values["due"] = func.now() + seconds(verdict.delay or 0)
     stmt = (
         update(tasks)
         .where(tasks.c.id == task.id, tasks.c.retry_count == task.retry_count,
@@ -186,16 +222,58 @@ def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) ->
         .values(values)
         .returning(tasks.c.id)
     )
-    return status if conn.execute(stmt).first() else None
+    if conn.execute(stmt).first() is None:
+        return Finished(None)
+    callback_id = add_callback(conn, task.id) if status != PENDING and task.callback else None
+    return Finished(status, callback_id)
+
+
+def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> None:
+    """Record the DELETE sent to a cancelled task's hook; the notice is no longer owed."""
+    record_attempt(conn, task.id, task.retry_count, result, "cancel_notice")
+    conn.execute(update(tasks).where(tasks.c.id == task.id, tasks.c.cancel_notice)
+                 .values(cancel_notice=False, modified=func.now()))
+
+
+def latest_response(db: Db, task_id: uuid.UUID) -> Any:
+    """The latest delivery attempt (cancel notices and interruptions left out), or None."""
+    stmt = (
+        select(attempts)
+        .where(attempts.c.task_id == task_id,
+               attempts.c.outcome.in_(["complete", "retry", "fail"]))
+        .order_by(attempts.c.id.desc())
+        .limit(1)
+    )
+    return db.execute(stmt).first()
+
+
+def add_callback(conn: Db, task_id: uuid.UUID) -> uuid.UUID | None:
+    """Create the task that POSTs ``{"task", "response"}`` to the finished task's callback."""
+    row = conn.execute(select(*VIEW_COLUMNS).where(tasks.c.id == task_id)).first()
+    if row is None or not row.callback:
+        return None
+    view = TaskView.from_row(row)
+    response = latest_response(conn, task_id)
+    payload = {"task": serialize.task_dict(view),
+               "response": serialize.attempt_dict(response, True) if response else None}
+    new = NewTask(url=view.callback or "", body=serialize.dumps(payload),
+                  content_type="application/json", timeout=view.timeout,
+                  max_retries=view.max_retries, backoff=view.backoff, callback_of=view.id)
+    created, _ = enqueue(conn, new, row.app_id)
+    return created.id
 
 
 def cancel(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
-    """PENDING -> CANCELLED. Returns the cancelled task, or None if it was not PENDING."""
+    """PENDING -> CANCELLED, with a DELETE notice now owed to the hook.
+
+    Returns the cancelled task, or None if it was not PENDING.
+    """
     stmt = (
         update(tasks)
         .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
                tasks.c.status == PENDING)
-        .values(status=CANCELLED, modified=func.now(), last_error="cancelled")
+        .values(status=CANCELLED, modified=func.now(), due=func.now(), cancel_notice=True,
+                last_error="cancelled")
         .returning(*VIEW_COLUMNS)
     )
     row = db.execute(stmt).first()
@@ -203,17 +281,30 @@ def cancel(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | N
 
 
 def replay(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
-    """FAILED or CANCELLED -> PENDING, due now, with a fresh retry budget."""
+    """FAILED or CANCELLED -> PENDING, due now, with a fresh retry budget; the attempt
+    history is kept."""
     stmt = (
         update(tasks)
         .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
                tasks.c.status.in_([FAILED, CANCELLED]))
         .values(status=PENDING, due=func.now(), retry_count=0, modified=func.now(),
-                last_error=None)
+                last_error=None, cancel_notice=False)
         .returning(*VIEW_COLUMNS)
     )
     row = db.execute(stmt).first()
     return TaskView.from_row(row) if row else None
+
+
+def delete_all(db: Db, app_id: uuid.UUID | None) -> int:
+    """Delete every task of the application (their attempts go with them)."""
+    result = db.execute(delete(tasks).where(tasks.c.app_id.is_not_distinct_from(app_id)))
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+def forget_responses(db: Db, task_id: uuid.UUID) -> None:
+    """Drop the stored response headers and bodies of the task's attempts."""
+    db.execute(update(attempts).where(attempts.c.task_id == task_id)
+               .values(headers=None, body=None))
 
 
 Cursor = tuple[datetime, uuid.UUID]
@@ -233,12 +324,20 @@ def overdue(conn: Db, limit: int, after: Cursor | None = None) -> list[Cursor]:
     return [(row.due, row.id) for row in conn.execute(stmt)]
 
 
+def overdue_notices(conn: Db, limit: int) -> list[uuid.UUID]:
+    """Cancelled tasks whose DELETE notice is owed and due (a partial index serves it)."""
+    stmt = (select(tasks.c.id).where(tasks.c.cancel_notice, tasks.c.due <= func.now())
+            .order_by(tasks.c.due).limit(limit))
+    return list(conn.execute(stmt).scalars())
+
+
 def cleanup(conn: Db, older_than_days: float, limit: int = 5000) -> int:
-    """Delete up to ``limit`` finished tasks last modified more than the given days ago."""
+    """Delete up to ``limit`` finished tasks last modified more than the given days ago
+    (never a PENDING one, nor one whose cancel notice is still owed)."""
     victims = (
         select(tasks.c.id)
-        .where(tasks.c.status.in_(TERMINAL),
-               tasks.c.modified < func.now() - _seconds(older_than_days * 86400))
+        .where(tasks.c.status.in_(TERMINAL), tasks.c.cancel_notice.is_(False),
+               tasks.c.modified < func.now() - seconds(older_than_days * 86400))
         .limit(limit)
     )
     result = conn.execute(delete(tasks).where(tasks.c.id.in_(victims.scalar_subquery())))

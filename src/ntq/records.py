@@ -24,6 +24,7 @@ class NewTask:
     backoff: str = "exponential"
     callback: str | None = None
     idempotency_key: str | None = None
+    callback_of: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class TaskView:
     last_error: str | None
     callback: str | None
     idempotency_key: str | None
+    callback_of: uuid.UUID | None
     body_size: int
 
     @classmethod
@@ -71,7 +73,13 @@ class Acquired:
     max_retries: int
     backoff: str
     callback: str | None
+    status: str
     secret: str | None
+
+    @property
+    def is_cancel_notice(self) -> bool:
+        """True when this is not a delivery but the DELETE owed to a cancelled task."""
+        return self.status != "PENDING"
 
     @classmethod
     def from_row(cls, row: Any) -> Acquired:
@@ -100,6 +108,6 @@ class AttemptResult:
 class Verdict:
     """What to do with a task after an attempt: complete, retry (after ``delay``) or fail."""
 
-    outcome: str  # "complete" | "retry" | "fail"
+    outcome: str  # "complete" | "retry" | "fail" | "interrupted"
     error: str | None = None
     delay: float | None = None

@@ -68,6 +68,7 @@ class Requeue:
             if not _try_lock(conn):
                 return False
             busy = self._push_overdue(conn)
+            self._push_notices(conn)
             if time.monotonic() - self.last_cleanup >= CLEANUP_EVERY:
                 self._cleanup(conn)
         return busy
@@ -82,6 +83,12 @@ class Requeue:
         full = len(batch) == min(BATCH, room)
         self.cursor = batch[-1] if full else None
         return full
+
+    def _push_notices(self, conn: Connection) -> None:
+        """Cancelled tasks whose DELETE notice is owed and overdue (few, so no sweep)."""
+        ids = queue.overdue_notices(conn, BATCH)
+        if ids:
+            self.notifier.push(ids)
 
     def _cleanup(self, conn: Connection) -> None:
         self.last_cleanup = time.monotonic()

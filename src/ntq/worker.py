@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 import gevent.event
 import gevent.pool
 import redis
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ntq import delivery, notify, queue
@@ -28,6 +29,7 @@ from ntq.config import Settings
 from ntq.records import Acquired, AttemptResult, Verdict
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 BLPOP_TIMEOUT = 1
 MAX_BATCH = 100
@@ -52,7 +54,8 @@ class Worker:
         self.session = delivery.make_session(settings, concurrency)
         self.redis = notify.client(settings.redis_url, blocking=True)
         self.notifier = notify.Notifier(settings, notify.client(settings.redis_url))
-        self.running: dict[uuid.UUID, gevent.Greenlet] = {}
+        # task id -> (the greenlet attempting it, the task's application)
+        self.running: dict[uuid.UUID, tuple[gevent.Greenlet, uuid.UUID | None]] = {}
         self.stopping = gevent.event.Event()
         self.stopped = gevent.event.Event()
         self.helpers: list[gevent.Greenlet] = []
@@ -94,7 +97,7 @@ class Worker:
                 gevent.sleep(1)
                 continue
             for task in tasks:
-                self.running[task.id] = self.pool.spawn(self._attempt, task)
+                self.running[task.id] = (self.pool.spawn(self._attempt, task), task.app_id)
 
     def _take(self, free: int) -> list[uuid.UUID]:
         popped = self.redis.blpop([self.settings.queue_key], timeout=BLPOP_TIMEOUT)
@@ -112,6 +115,10 @@ class Worker:
 
     def _attempt(self, task: Acquired) -> None:
         structlog.contextvars.bind_contextvars(task_id=str(task.id), attempt=task.retry_count)
+        if task.is_cancel_notice:
+            self.running.pop(task.id, None)
+            self._notice(task)
+            return
         try:
             result = delivery.deliver(self.session, task, self.settings)
         except Cancelled:
@@ -126,23 +133,39 @@ class Worker:
                  elapsed_ms=result.elapsed_ms, error=result.error)
         self._finish(task, result, verdict)
 
+    def _notice(self, task: Acquired) -> None:
+        """Send the DELETE owed to a cancelled task's hook, and record it."""
+        result = delivery.send_cancel_notice(self.session, task)
+        log.info("worker.cancel_notice", status_code=result.status_code, error=result.error)
+        if self._write(lambda conn: queue.finish_notice(conn, task, result)):
+            self.notifier.attempted(task.id, "cancel_notice", result.elapsed_ms, None)
+
     def _finish(self, task: Acquired, result: AttemptResult, verdict: Verdict) -> None:
-        """Record the outcome, retrying through a database outage for a while."""
+        finished = self._write(lambda conn: queue.finish(conn, task, result, verdict))
+        if finished is None:
+            return
+        if finished.status is None:
+            log.info("worker.stale_attempt")
+        retry_at = None
+        if finished.status == "PENDING":
+            retry_at = time.time() + (verdict.delay or 0)
+        self.notifier.attempted(task.id, verdict.outcome, result.elapsed_ms, finished.status,
+                                retry_at, finished.callback_id)
+
+    def _write(self, action: Callable[[Connection], T]) -> T | None:
+        """Run ``action`` in a transaction, retrying through a database outage for a
+        while; None if it never succeeded (the lease then expires and the task is
+        retried)."""
         deadline = time.monotonic() + FINISH_RETRY_FOR
         while True:
             try:
                 with self.engine.begin() as conn:
-                    status = queue.finish(conn, task, result, verdict)
-                break
+                    return action(conn)
             except SQLAlchemyError as exc:
                 if time.monotonic() > deadline:
-                    log.error("worker.finish_failed", error=str(exc).splitlines()[0])
-                    return
+                    log.error("worker.write_failed", error=str(exc).splitlines()[0])
+                    return None
                 gevent.sleep(1)
-        if status is None:
-            log.info("worker.stale_attempt")
-        elif verdict.outcome == "retry":
-            self.notifier.schedule(task.id, time.time() + (verdict.delay or 0))
 
     def _promote_loop(self) -> None:
         while True:
@@ -171,11 +194,16 @@ class Worker:
             pubsub.close()
 
     def _interrupt(self, data: Any) -> None:
-        ids = _parse_ids([data])
-        greenlet = self.running.get(ids[0]) if ids else None
-        if greenlet is not None:
-            log.info("worker.interrupt", task_id=str(ids[0]))
-            greenlet.kill(Cancelled, block=False)
+        """Kill the attempt the message names: a task id, or ``app:<id>`` for all of an
+        application's attempts (its tasks were deleted)."""
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        if text.startswith("app:"):
+            victims = [tid for tid, (_, app) in self.running.items() if str(app) == text[4:]]
+        else:
+            victims = [tid for tid in _parse_ids([text]) if tid in self.running]
+        for task_id in victims:
+            log.info("worker.interrupt", task_id=str(task_id))
+            self.running[task_id][0].kill(Cancelled, block=False)
 
 
 def _parse_ids(raw: list[Any]) -> list[uuid.UUID]:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
-import orjson
 from pyramid.request import Request
 from pyramid.response import Response
 
+from ntq import serialize
 from ntq.records import TaskView
-
-JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
 def json_response(data: Any, status: int = 200, **headers: str) -> Response:
-    response = Response(status=status, body=orjson.dumps(data, option=JSON_OPTIONS),
+    response = Response(status=status, body=serialize.dumps(data),
                         content_type="application/json")
     response.headers.update(headers)
     return response
@@ -35,11 +32,8 @@ def link_header(links: dict[str, str]) -> str:
 
 
 def task_json(request: Request, task: TaskView) -> dict[str, Any]:
-    data = asdict(task)
-    app_id = data.pop("app_id")
-    data["id"] = str(task.id)
-    data["app"] = request.caller.name if app_id is not None else None
-    data["attempts"] = task.retry_count
+    data = serialize.task_dict(task)
+    data["app"] = request.caller.name
     data["links"] = task_links(request, data["id"])
     return data
 

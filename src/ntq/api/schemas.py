@@ -10,6 +10,7 @@ import base64
 import binascii
 import math
 import re
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +19,8 @@ import orjson
 
 from ntq.api.errors import ApiError
 from ntq.config import Settings
-from ntq.models import BACKOFFS, METHODS
+from ntq.models import BACKOFFS, METHODS, STATUSES
+from ntq.reads import TaskFilter
 from ntq.records import NewTask
 from ntq.urlsafety import UnsafeURL, check_url
 
@@ -240,3 +242,72 @@ def from_json(item: Any, settings: Settings) -> NewTask:
         idempotency_key=None if key is None else _text("idempotency_key", key,
                                                         MAX_IDEMPOTENCY_KEY),
     )
+
+
+MAX_LIST = 1000
+
+
+def wait_seconds(raw: str | None, limit: float) -> float:
+    """``?wait=N`` for long-polling: 0 to ``limit`` seconds."""
+    return 0.0 if raw is None else _number("wait", raw, 0, limit)
+
+
+def _any_time(name: str, raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        when = _timestamp(raw)
+    except ApiError:
+        raise bad(f"invalid_{name}", f"{name} must be an ISO 8601 time or epoch seconds"
+                  ) from None
+    return when
+
+
+def task_filter(params: Mapping[str, str]) -> TaskFilter:
+    """The filters and page of ``GET /tasks``."""
+    status = params.get("status")
+    if status is not None and status.upper() not in STATUSES:
+        raise bad("invalid_status", f"status must be one of {', '.join(STATUSES)}")
+    before = params.get("before")
+    try:
+        cursor = uuid.UUID(before) if before else None
+    except ValueError:
+        raise bad("invalid_cursor", "before must be a task id") from None
+    return TaskFilter(
+        status=status.upper() if status else None,
+        created_after=_any_time("created_after", params.get("created_after")),
+        created_before=_any_time("created_before", params.get("created_before")),
+        before=cursor,
+        limit=_integer("limit", params.get("limit", "100"), 1, MAX_LIST),
+    )
+
+
+MAX_BATCH = 1000
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+
+
+def json_document(content_type: str | None, raw: bytes) -> Any:
+    """The request's JSON (415 for another content type, 400 when malformed)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send tasks as application/json")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad("invalid_json", f"the body is not valid JSON: {exc}") from None
+
+
+def from_json_batch(items: Any, settings: Settings) -> list[NewTask]:
+    """Validate every task of a batch; the first bad one is reported with its index."""
+    if not isinstance(items, list) or not items:
+        raise bad("invalid_batch", "send a task object or a non-empty array of them")
+    if len(items) > MAX_BATCH:
+        raise ApiError(413, "batch_too_large", f"at most {MAX_BATCH} tasks per request")
+    batch = []
+    for index, item in enumerate(items):
+        try:
+            batch.append(from_json(item, settings))
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"task {index}: {exc.message}",
+                           index=index) from None
+    return batch

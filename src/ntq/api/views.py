@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ntq import __version__, queue
 from ntq.api import schemas
 from ntq.api.errors import ApiError
-from ntq.api.render import json_response, task_response
+from ntq.api.render import json_response, task_json, task_response
 from ntq.records import NewTask, TaskView
 
 
@@ -31,18 +31,20 @@ def after_commit(request: Request, action: Callable[[], Any]) -> None:
     request.tm.get().addAfterCommitHook(hook)
 
 
-def announce(request: Request, task: TaskView, new: NewTask) -> None:
-    """Wake a worker for the new task, or schedule the wake-up if it is delayed."""
-    notifier = request.registry.ntq_notifier
-    if new.delay or new.not_before:
-        after_commit(request, lambda: notifier.schedule(task.id, task.due.timestamp()))
-    else:
-        after_commit(request, lambda: notifier.push([task.id]))
+def announce(request: Request, created: list[tuple[TaskView, NewTask]]) -> None:
+    """After commit, wake workers for new tasks, or schedule the wake-up of delayed ones."""
+    now = [task.id for task, new in created if not (new.delay or new.not_before)]
+    later = {task.id: task.due.timestamp() for task, new in created
+             if new.delay or new.not_before}
+    if now or later:
+        notifier = request.registry.ntq_notifier
+        after_commit(request, lambda: notifier.enqueued(now, later))
 
 
-def read_body(request: Request) -> bytes:
-    """The request body, refused with 413 beyond ``NTQ_MAX_BODY_BYTES``."""
-    limit = request.registry.ntq_settings.max_body_bytes
+def read_body(request: Request, limit: int | None = None) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` (default
+    ``NTQ_MAX_BODY_BYTES``)."""
+    limit = limit or request.registry.ntq_settings.max_body_bytes
     too_large = ApiError(413, "body_too_large", f"body must be at most {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
@@ -80,13 +82,34 @@ def enqueue(request: Request) -> Response:
                              request.headers.get("Content-Type"),
                              request.registry.ntq_settings)
     task, created = queue.enqueue(request.db, new, caller.app_id)
-    if created:
-        announce(request, task, new)
+    announce(request, [(task, new)] if created else [])
     return created_response(request, task, created)
+
+
+@view_config(route_name="tasks", request_method="POST")
+def enqueue_json(request: Request) -> Response:
+    """Structured enqueue: one JSON task, or an array of up to 1,000 in one transaction
+    (all or nothing; a bad item is named by its index)."""
+    caller = request.caller
+    document = schemas.json_document(request.headers.get("Content-Type"),
+                                     read_body(request, schemas.MAX_BATCH_BYTES))
+    single = isinstance(document, dict)
+    batch = schemas.from_json_batch([document] if single else document,
+                                    request.registry.ntq_settings)
+    results = queue.enqueue_many(request.db, batch, caller.app_id)
+    announce(request, [(task, new) for (task, created), new in zip(results, batch,
+                                                                   strict=True) if created])
+    if single:
+        return created_response(request, *results[0])
+    any_new = any(created for _, created in results)
+    return json_response({"tasks": [task_json(request, task) for task, _ in results]},
+                         201 if any_new else 200)
 
 
 @view_config(route_name="root", request_method="GET")
 def describe(request: Request) -> Response:
+    """The service descriptor (authenticated, like every route but health and metrics)."""
+    request.caller  # noqa: B018  (raises 401 without a valid key)
     return json_response({
         "name": "ntq", "version": __version__,
         "links": {
