@@ -213,8 +213,7 @@ def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) ->
         "status": status, "modified": func.now(),
         "last_status_code": result.status_code, "last_error": verdict.error,
     }
-    if verdict.outcome == "retry":
-        values["due"] = func.now() + seconds(verdict.delay or 0)
+    values["due"] = func.now() + seconds(verdict.delay or 0)  # no lease left once finished
     stmt = (
         update(tasks)
         .where(tasks.c.id == task.id, tasks.c.retry_count == task.retry_count,
