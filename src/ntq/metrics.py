@@ -11,7 +11,7 @@ from typing import Any
 
 # Upper bounds (seconds) of the attempt-duration histogram's buckets.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-OUTCOMES = ("complete", "retry", "fail", "interrupted", "cancel_notice")
+OUTCOMES = ("complete", "retry", "fail", "interrupted", "stale", "cancel_notice")
 TERMINAL_COUNTERS = {"COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "cancelled"}
 
 

@@ -98,10 +98,14 @@ class Notifier:
         if retry_at is not None:
             pipe.zadd(self.settings.scheduled_key, {str(task_id): retry_at})
         if callback_id is not None:
-            pipe.rpush(self.settings.queue_key, str(callback_id))
+            self._wake_callback(pipe, callback_id)
         if status is not None and status != "PENDING":
             self._finished(pipe, task_id, status)
         self._run("attempted", pipe)
+
+    def _wake_callback(self, pipe: redis.client.Pipeline, callback_id: Id) -> None:
+        pipe.rpush(self.settings.queue_key, str(callback_id))
+        metrics.count_enqueued(pipe, self.settings.metrics_key, 1)
 
     def _finished(self, pipe: redis.client.Pipeline, task_id: Id, status: str) -> None:
         metrics.count_terminal(pipe, self.settings.metrics_key, status)
@@ -114,7 +118,7 @@ class Notifier:
         pipe.publish(self.settings.cancel_channel, str(task_id))
         pipe.zadd(self.settings.scheduled_key, {str(task_id): time.time() + NOTICE_DELAY})
         if callback_id is not None:
-            pipe.rpush(self.settings.queue_key, str(callback_id))
+            self._wake_callback(pipe, callback_id)
         self._finished(pipe, task_id, "CANCELLED")
         self._run("cancelled", pipe)
 

@@ -191,47 +191,54 @@ def record_attempt(conn: Db, task_id: uuid.UUID, number: int, result: AttemptRes
 
 @dataclass(frozen=True)
 class Finished:
-    """What a guarded write changed: the new status (None if stale) and the callback
-    task it created, if any."""
+    """What a guarded write changed: the new status (None if stale), the callback task it
+    created, if any, and the outcome recorded for the attempt."""
 
     status: str | None
     callback_id: uuid.UUID | None = None
+    outcome: str = ""
 
 
 def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) -> Finished:
-    """Record the attempt and apply the verdict, guarded by the attempt number.
+    """Apply the verdict, guarded by the attempt number, and record the attempt.
 
     The status is None when the attempt was stale (the task was cancelled, deleted or
-    re-acquired meanwhile) and nothing changed. Reaching a terminal state with a
-    ``callback`` creates the callback's delivery task in the same transaction.
+    re-acquired meanwhile): nothing changed, and the attempt is recorded as ``stale``.
+    Reaching a terminal state with a ``callback`` creates the callback's delivery task in
+    the same transaction.
     """
-    record_attempt(conn, task.id, task.retry_count, result, verdict.outcome)
+    status = _apply(conn, task, result, verdict)
+    stale = status is None and verdict.outcome != "interrupted"
+    outcome = "stale" if stale else verdict.outcome
+    record_attempt(conn, task.id, task.retry_count, result, outcome)
+    if status is None or status == PENDING or not task.callback:
+        return Finished(status, outcome=outcome)
+    return Finished(status, add_callback(conn, task.id), outcome)
+
+
+def _apply(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) -> str | None:
     if verdict.outcome == "interrupted":
-        return Finished(None)
+        return None
     status = {"complete": COMPLETED, "fail": FAILED, "retry": PENDING}[verdict.outcome]
-    values: dict[str, Any] = {
-        "status": status, "modified": func.now(),
-        "last_status_code": result.status_code, "last_error": verdict.error,
-    }
-    values["due"] = func.now() + seconds(verdict.delay or 0)  # no lease left once finished
     stmt = (
         update(tasks)
         .where(tasks.c.id == task.id, tasks.c.retry_count == task.retry_count,
                tasks.c.status == PENDING)
-        .values(values)
+        .values(status=status, modified=func.now(), last_status_code=result.status_code,
+                last_error=verdict.error,
+                # a retry's wait; a finished task keeps no lease
+                due=func.now() + seconds(verdict.delay or 0))
         .returning(tasks.c.id)
     )
-    if conn.execute(stmt).first() is None:
-        return Finished(None)
-    callback_id = add_callback(conn, task.id) if status != PENDING and task.callback else None
-    return Finished(status, callback_id)
+    return status if conn.execute(stmt).first() else None
 
 
-def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> None:
+def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> bool:
     """Record the DELETE sent to a cancelled task's hook; the notice is no longer owed."""
     record_attempt(conn, task.id, task.retry_count, result, "cancel_notice")
     conn.execute(update(tasks).where(tasks.c.id == task.id, tasks.c.cancel_notice)
                  .values(cancel_notice=False, modified=func.now()))
+    return True
 
 
 def latest_response(db: Db, task_id: uuid.UUID) -> Any:

@@ -149,7 +149,7 @@ class Worker:
         retry_at = None
         if finished.status == "PENDING":
             retry_at = time.time() + (verdict.delay or 0)
-        self.notifier.attempted(task.id, verdict.outcome, result.elapsed_ms, finished.status,
+        self.notifier.attempted(task.id, finished.outcome, result.elapsed_ms, finished.status,
                                 retry_at, finished.callback_id)
 
     def _write(self, action: Callable[[Connection], T]) -> T | None:

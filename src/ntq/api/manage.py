@@ -45,7 +45,7 @@ def retry_task(request: Request) -> Response:
                        f"only FAILED or CANCELLED tasks can be replayed; this one is "
                        f"{task.status}")
     notifier = request.registry.ntq_notifier
-    after_commit(request, lambda: notifier.push([task.id]))
+    after_commit(request, lambda: notifier.enqueued([task.id], {}))
     return task_response(request, replayed)
 
 

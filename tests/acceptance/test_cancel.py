@@ -1,0 +1,263 @@
+"""Cancellation (issue 3, SPEC §3 "Cancellation"), seen from a real hook.
+
+``DELETE /tasks/{id}`` on a PENDING task: CANCELLED at once; a running attempt is
+interrupted (the hook sees its connection dropped); no running or later attempt can
+complete the task; the hook is sent ``DELETE`` with ``NTQ-Task-Id`` and the pass-through
+headers, retried on network errors and recorded as an attempt. A terminal task: 409.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, text
+
+from ntq import apps
+from tests.conftest import TABLES, stack_env
+from tests.support.hook import HookServer
+from tests.support.procs import Api, Proc, Stack
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+# The first retry waits ~2 s: time enough to cancel a task during its backoff.
+MIN_DUE_DELAY = "2"
+
+
+@pytest.fixture(scope="module")
+def stack(migrated: str, redis_url: str, engine: Engine,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One web, worker and requeue poller for the module (starting them per test costs
+    seconds); every test gets an application of its own, so tests cannot see each
+    other's tasks."""
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+    redis.Redis.from_url(redis_url).flushdb()
+    running = Stack(stack_env(migrated, redis_url, NTQ_MIN_DUE_DELAY=MIN_DUE_DELAY),
+                    tmp_path_factory.mktemp("cancel"))
+    try:
+        running.web()
+        running.worker()
+        running.requeue()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def api(stack: Stack, engine: Engine) -> Iterator[Api]:
+    with engine.begin() as conn:
+        creds = apps.create(conn, f"cancel-{time.monotonic_ns()}")
+    client = Api(stack.url, creds.api_key)
+    yield client
+    client.http.close()
+
+
+def worker_of(stack: Stack) -> Proc:
+    return next(p for p in stack.procs if p.argv[3] == "worker")
+
+
+def enqueue(api: Api, url: str, **params: Any) -> str:
+    response = api.enqueue(url, b"work", "text/plain",
+                           headers={"NTQ-PASSTHROUGH-X-Trace": "trace-1"}, **params)
+    assert response.status_code == 201, response.text
+    task_id: str = response.json()["id"]
+    return task_id
+
+
+def attempts(api: Api, task_id: str) -> list[dict[str, Any]]:
+    response = api.get(f"/tasks/{task_id}/attempts")
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["attempts"]
+    return found
+
+
+def eventually(predicate: Any, timeout: float, what: str) -> float:
+    """Poll ``predicate`` until true; return when it became true (time.time())."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.02)
+    return time.time()
+
+
+def assert_cancel_notice(hook: HookServer, path: str, task_id: str) -> None:
+    (notice,) = hook.wait_for(1, path, method="DELETE", timeout=10)
+    assert notice.headers["NTQ-Task-Id"] == task_id
+    assert notice.headers.get("X-Trace") == "trace-1", "pass-through headers not sent"
+    assert notice.body == b""
+
+
+def test_cancel_interrupts_the_running_attempt_then_deletes_at_the_hook(
+        api: Api, stack: Stack, hook: HookServer) -> None:
+    url = hook.script("/slow", {"sleep": 3}, {"status": 200})
+    task_id = enqueue(api, url)
+    (started,) = hook.wait_for(1, "/slow", method="POST")
+    time.sleep(0.3)  # well inside the hook's 3 s
+
+    cancelled_at = time.time()
+    response = api.delete(f"/tasks/{task_id}")
+    assert response.status_code == 204, response.text
+    assert api.task(task_id)["status"] == "CANCELLED", "not CANCELLED at once"
+
+    dropped_at = eventually(lambda: "/slow" in hook.dropped, 5,
+                            "the running attempt was not interrupted")
+    assert dropped_at - cancelled_at < 2.5, "interrupted too late"
+    assert_cancel_notice(hook, "/slow", task_id)
+
+    # Past the time the slow attempt would have answered: still CANCELLED, never retried.
+    time.sleep(max(0.0, started.at + 3.8 - time.time()))
+    task = api.task(task_id)
+    assert task["status"] == "CANCELLED"
+    assert task["retry_count"] == 1
+    assert task["last_status_code"] is None
+    assert len(hook.requests("/slow", method="POST")) == 1
+
+    history = attempts(api, task_id)
+    assert [(a["method"], a["outcome"]) for a in history] == [
+        ("POST", "interrupted"), ("DELETE", "cancel_notice")], history
+    assert history[0]["status_code"] is None
+    assert history[1]["status_code"] == 200
+
+    again = api.delete(f"/tasks/{task_id}")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"]
+
+
+def test_an_outcome_arriving_after_the_cancel_is_ignored(
+        api: Api, stack: Stack, hook: HookServer) -> None:
+    """The worker is frozen (SIGSTOP) while the hook answers 200 and the task is
+    cancelled: when it resumes, the 200 is in its socket. Whether it notices the cancel
+    first or the response first, the task must stay CANCELLED."""
+    worker = worker_of(stack)
+    url = hook.script("/late", {"sleep": 0.5, "body": "done"}, {"status": 200})
+    task_id = enqueue(api, url)
+    hook.wait_for(1, "/late", method="POST")
+    worker.signal(signal.SIGSTOP)
+    try:
+        assert api.delete(f"/tasks/{task_id}").status_code == 204
+        time.sleep(1.0)  # the hook has answered 200 into the frozen worker's socket
+        assert "/late" not in hook.dropped
+    finally:
+        worker.signal(signal.SIGCONT)
+
+    assert_cancel_notice(hook, "/late", task_id)
+    eventually(lambda: any(a["outcome"] == "cancel_notice" for a in attempts(api, task_id)),
+               5, "the notice was not recorded")
+    task = api.task(task_id)
+    assert task["status"] == "CANCELLED"
+    assert task["last_status_code"] is None, "the late 200 was applied to the task"
+    history = attempts(api, task_id)
+    assert history[0]["outcome"] in ("interrupted", "stale"), history
+    assert [a["outcome"] for a in history][-1] == "cancel_notice"
+    assert len(hook.requests("/late", method="POST")) == 1
+    response = api.get(f"/tasks/{task_id}")
+    assert response.json()["status"] == "CANCELLED"
+
+
+def test_cancel_while_waiting_for_a_retry_stops_all_further_attempts(
+        api: Api, hook: HookServer) -> None:
+    """The requeue poller runs too: it must not bring the task back either."""
+    url = hook.script("/again", {"status": 500}, {"status": 200})
+    task_id = enqueue(api, url)
+    (first,) = hook.wait_for(1, "/again", method="POST")
+    eventually(lambda: api.task(task_id)["last_status_code"] == 500, 5,
+               "the failed attempt was not recorded")
+    assert api.task(task_id)["status"] == "PENDING"
+
+    assert api.delete(f"/tasks/{task_id}").status_code == 204
+    assert_cancel_notice(hook, "/again", task_id)
+
+    # The retry was due ~2 s (+/- 10 %) after the failure; wait well past it.
+    time.sleep(max(0.0, first.at + 4.0 - time.time()))
+    assert len(hook.requests("/again", method="POST")) == 1, "attempted after the cancel"
+    task = api.task(task_id)
+    assert (task["status"], task["retry_count"]) == ("CANCELLED", 1)
+    assert [a["outcome"] for a in attempts(api, task_id)] == ["retry", "cancel_notice"]
+
+
+def test_cancel_of_a_finished_task_is_409(api: Api, stack: Stack, hook: HookServer) -> None:
+    done = enqueue(api, hook.script("/ok", {"status": 200}))
+    failed = enqueue(api, hook.script("/no", {"status": 404}))
+    assert api.wait_status(done, *TERMINAL)["status"] == "COMPLETED"
+    assert api.wait_status(failed, *TERMINAL)["status"] == "FAILED"
+
+    for task_id, status in ((done, "COMPLETED"), (failed, "FAILED")):
+        response = api.delete(f"/tasks/{task_id}")
+        assert response.status_code == 409, response.text
+        assert response.headers["Content-Type"].startswith("application/json")
+        error = response.json()["error"]
+        assert error["code"]
+        assert error["message"]
+        assert api.task(task_id)["status"] == status
+    time.sleep(0.8)
+    assert hook.requests(method="DELETE") == [], "a finished task's hook got a DELETE"
+    missing = api.delete("/tasks/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+    assert missing.status_code == 404
+
+
+class FlakyHook:
+    """A hook that drops the first ``drop`` connections without answering (a network
+    error for the client), then answers 200 to each request and records it."""
+
+    def __init__(self, drop: int = 1) -> None:
+        self.drop = drop
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.connections = 0
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/flaky"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.connections += 1
+                if self.connections <= self.drop:
+                    continue
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests.append(data)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+                             b"Connection: close\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_cancel_delete_is_retried_after_a_network_error(api: Api, stack: Stack) -> None:
+    flaky = FlakyHook(drop=1)
+    try:
+        task_id = enqueue(api, flaky.url, delay=60)
+        assert api.delete(f"/tasks/{task_id}").status_code == 204
+        eventually(lambda: len(flaky.requests) >= 1, 10, "the DELETE was not retried")
+    finally:
+        flaky.close()
+    assert flaky.connections == 2
+    head = flaky.requests[0].decode("latin-1")
+    request_line, *header_lines = head.split("\r\n")
+    assert request_line.startswith("DELETE /flaky ")
+    headers = {k.strip().lower(): v.strip() for k, _, v in
+               (line.partition(":") for line in header_lines if line)}
+    assert headers["ntq-task-id"] == task_id
+    assert headers["x-trace"] == "trace-1"
+    eventually(lambda: attempts(api, task_id), 5, "the notice was not recorded")
+    history = attempts(api, task_id)
+    assert [(a["method"], a["outcome"], a["status_code"]) for a in history] == [
+        ("DELETE", "cancel_notice", 200)], history

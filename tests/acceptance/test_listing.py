@@ -1,0 +1,222 @@
+"""Listing and housekeeping (issue 3, SPEC §3): ``GET /tasks`` newest first with filters,
+``limit`` and a cursor that stays correct while tasks are added; ``DELETE /`` (the caller's
+tasks only, in-flight attempts interrupted); ``POST /tasks/{id}/retry``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, text
+
+from ntq import apps
+from ntq.apps import Credentials
+from tests.conftest import TABLES, stack_env
+from tests.support.hook import HookServer
+from tests.support.procs import Api, Stack
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+@pytest.fixture(scope="module")
+def stack(migrated: str, redis_url: str, engine: Engine,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One web and one worker for the module; each test has applications of its own."""
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+    redis.Redis.from_url(redis_url).flushdb()
+    running = Stack(stack_env(migrated, redis_url), tmp_path_factory.mktemp("listing"))
+    try:
+        running.web()
+        running.worker()
+        yield running
+    finally:
+        running.stop()
+
+
+def new_app(stack: Stack, engine: Engine, name: str) -> tuple[Api, Credentials]:
+    with engine.begin() as conn:
+        creds = apps.create(conn, f"{name}-{uuid.uuid4().hex[:8]}")
+    return Api(stack.url, creds.api_key), creds
+
+
+@pytest.fixture
+def app(stack: Stack, engine: Engine) -> Iterator[tuple[Api, Credentials]]:
+    client, creds = new_app(stack, engine, "listing")
+    yield client, creds
+    client.http.close()
+
+
+@pytest.fixture
+def api(app: tuple[Api, Credentials]) -> Api:
+    return app[0]
+
+
+def enqueue(api: Api, url: str, **params: Any) -> str:
+    response = api.enqueue(url, b"x", "text/plain", **params)
+    assert response.status_code == 201, response.text
+    task_id: str = response.json()["id"]
+    return task_id
+
+
+def listing(api: Api, **params: Any) -> dict[str, Any]:
+    response = api.get("/tasks", params=params)
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def ids(page: dict[str, Any]) -> list[str]:
+    return [t["id"] for t in page["tasks"]]
+
+
+def count_rows(engine: Engine, app_id: uuid.UUID) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM tasks WHERE app_id = :a"),
+                                {"a": app_id}).scalar_one())
+
+
+def test_newest_first_with_status_and_time_filters_and_limit(
+        api: Api, hook: HookServer) -> None:
+    url = hook.script("/later")
+    created = [enqueue(api, url, delay=60) for _ in range(6)]
+    for task_id in (created[1], created[4]):
+        assert api.delete(f"/tasks/{task_id}").status_code == 204
+    newest_first = created[::-1]
+
+    page = listing(api)
+    assert ids(page) == newest_first
+    assert page["next"] is None
+    assert {t["status"] for t in page["tasks"]} == {"PENDING", "CANCELLED"}
+
+    assert ids(listing(api, status="CANCELLED")) == [created[4], created[1]]
+    assert ids(listing(api, status="pending")) == [created[5], created[3], created[2],
+                                                   created[0]]
+    assert ids(listing(api, status="COMPLETED")) == []
+
+    limited = api.get("/tasks", params={"limit": 2})
+    assert ids(limited.json()) == newest_first[:2]
+    assert limited.json()["next"]
+    assert 'rel="next"' in limited.headers["Link"]
+
+    first = listing(api, status="CANCELLED", limit=1)
+    assert ids(first) == [created[4]]
+    second = api.http.get(first["next"], timeout=10).json()  # keeps the filter
+    assert ids(second) == [created[1]]
+
+    third = api.task(created[2])["created"]
+    assert ids(listing(api, created_after=third)) == newest_first[:3]
+    assert ids(listing(api, created_before=third)) == [created[1], created[0]]
+
+    for bad in ({"status": "DONE"}, {"limit": 0}, {"limit": 1001}, {"limit": "x"},
+                {"before": "nope"}, {"created_after": "yesterday"}):
+        response = api.get("/tasks", params=bad)
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["error"]["code"]
+
+
+def test_cursor_pagination_stays_correct_while_tasks_are_added(
+        api: Api, hook: HookServer) -> None:
+    url = hook.script("/later")
+    existing = [enqueue(api, url, delay=60) for _ in range(10)]
+    added: list[str] = []
+
+    seen: list[str] = []
+    page = listing(api, limit=3)
+    pages = 0
+    while True:
+        pages += 1
+        seen += ids(page)
+        # New tasks arrive between the pages: they are newer than the cursor.
+        added += [enqueue(api, url, delay=60) for _ in range(2)]
+        if not page["next"]:
+            break
+        response = api.http.get(page["next"], timeout=10)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert pages < 10, "pagination does not end"
+
+    assert seen == existing[::-1], "duplicates, gaps or wrong order across pages"
+    assert len(set(seen)) == len(seen)
+    everything = ids(listing(api, limit=1000))
+    assert everything == (existing + added)[::-1]
+
+
+def test_delete_all_removes_only_the_callers_tasks_and_interrupts_attempts(
+        app: tuple[Api, Credentials], stack: Stack, engine: Engine,
+        hook: HookServer) -> None:
+    api, creds = app
+    other, other_creds = new_app(stack, engine, "other")
+    try:
+        running = enqueue(api, hook.script("/running", {"sleep": 5}, {"status": 200}))
+        for _ in range(3):
+            enqueue(api, hook.script("/mine"), delay=60)
+        theirs = [enqueue(other, hook.script("/theirs"), delay=60) for _ in range(2)]
+        hook.wait_for(1, "/running")
+        assert api.task(running)["status"] == "PENDING"
+
+        deleted_at = time.monotonic()
+        response = api.delete("/")
+        assert response.status_code == 204, response.text
+
+        assert listing(api)["tasks"] == []
+        assert api.get(f"/tasks/{running}").status_code == 404
+        assert count_rows(engine, creds.app_id) == 0
+        assert count_rows(engine, other_creds.app_id) == 2
+        assert sorted(ids(listing(other))) == sorted(theirs)
+
+        while "/running" not in hook.dropped:
+            assert time.monotonic() - deleted_at < 3, "the in-flight attempt ran on"
+            time.sleep(0.02)
+        time.sleep(0.5)
+        assert len(hook.requests("/running", method="POST")) == 1
+        assert count_rows(engine, creds.app_id) == 0, "the interrupted attempt left rows"
+        assert other.delete("/").status_code == 204
+        assert count_rows(engine, other_creds.app_id) == 0
+    finally:
+        other.http.close()
+
+
+def test_retry_replays_failed_and_cancelled_tasks_keeping_history(
+        api: Api, hook: HookServer) -> None:
+    failed = enqueue(api, hook.script("/f", {"status": 404}, {"status": 200}))
+    assert api.wait_status(failed, *TERMINAL)["status"] == "FAILED"
+
+    response = api.post(f"/tasks/{failed}/retry")
+    assert response.status_code == 200, response.text
+    replayed = response.json()
+    assert replayed["id"] == failed
+    assert replayed["status"] == "PENDING"
+    assert replayed["retry_count"] == 0
+    task = api.wait_status(failed, *TERMINAL)
+    assert (task["status"], task["last_status_code"]) == ("COMPLETED", 200)
+    history = api.get(f"/tasks/{failed}/attempts").json()["attempts"]
+    assert [(a["status_code"], a["outcome"]) for a in history] == [(404, "fail"),
+                                                                  (200, "complete")]
+    assert len(hook.requests("/f", method="POST")) == 2
+
+    cancelled = enqueue(api, hook.script("/c"), delay=60)
+    assert api.delete(f"/tasks/{cancelled}").status_code == 204
+    hook.wait_for(1, "/c", method="DELETE", timeout=10)
+    deadline = time.monotonic() + 5
+    while not api.get(f"/tasks/{cancelled}/attempts").json()["attempts"]:
+        assert time.monotonic() < deadline, "the cancel notice was not recorded"
+        time.sleep(0.05)
+    response = api.post(f"/tasks/{cancelled}/retry")
+    assert response.status_code == 200, response.text
+    assert api.wait_status(cancelled, *TERMINAL)["status"] == "COMPLETED"
+    assert len(hook.requests("/c", method="POST")) == 1
+    history = api.get(f"/tasks/{cancelled}/attempts").json()["attempts"]
+    assert [a["outcome"] for a in history] == ["cancel_notice", "complete"]
+
+    pending = enqueue(api, hook.script("/p"), delay=60)
+    for task_id, status in ((pending, "PENDING"), (failed, "COMPLETED")):
+        response = api.post(f"/tasks/{task_id}/retry")
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"]
+        assert api.task(task_id)["status"] == status
+    assert api.post("/tasks/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/retry").status_code == 404
