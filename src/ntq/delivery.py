@@ -3,6 +3,7 @@ task's timeout, reads a capped response and classifies the outcome."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -80,7 +81,7 @@ def call(session: requests.Session, method: str, url: str, headers: Mapping[str,
     except DeliveryTimeout:
         return _failed(method, started, clock, f"timed out after {timeout:g} s")
     except requests.RequestException as exc:
-        return _failed(method, started, clock, _describe(exc))
+        return _failed(method, started, clock, _describe(exc), _is_permanent(exc))
     return AttemptResult(
         method=method, started=started, elapsed_ms=_elapsed(clock),
         status_code=response.status_code, reason=response.reason,
@@ -93,19 +94,43 @@ def _elapsed(clock: float) -> int:
     return int((time.monotonic() - clock) * 1000)
 
 
-def _failed(method: str, started: datetime, clock: float, error: str) -> AttemptResult:
+def _failed(method: str, started: datetime, clock: float, error: str,
+            permanent: bool = False) -> AttemptResult:
     return AttemptResult(method=method, started=started, elapsed_ms=_elapsed(clock),
-                         error=error)
+                         error=error, permanent=permanent)
 
 
-def _describe(exc: requests.RequestException) -> str:
-    """A short error text; a refusal by the SSRF guard is named as such."""
+PERMANENT = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+             requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects)
+
+
+def _is_permanent(exc: requests.RequestException) -> bool:
+    return isinstance(exc, PERMANENT) or _blocked(exc) is not None
+
+
+def _blocked(exc: BaseException) -> BlockedAddress | None:
     reason: BaseException | None = exc
     while reason is not None:
         if isinstance(reason, BlockedAddress):
-            return str(reason).split(": ", 1)[-1]  # drop urllib3's "<connection>: " prefix
+            return reason
         reason = reason.__cause__ or reason.__context__
-    return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _describe(exc: requests.RequestException) -> str:
+    """A short error text naming the cause, never the URL (it may carry credentials)."""
+    blocked = _blocked(exc)
+    if blocked is not None:
+        return str(blocked).split(": ", 1)[-1]  # drop urllib3's "<connection>: " prefix
+    root: BaseException = exc
+    while (inner := root.__cause__ or root.__context__) is not None:
+        root = inner
+    text = _OBJECT_PREFIX.sub("", str(root))
+    return f"{type(exc).__name__}: {_URL_IN_TEXT.sub('', text)}".rstrip(": ")
+
+
+_OBJECT_PREFIX = re.compile(r"^<[^>]*>: ")
+_URL_IN_TEXT = re.compile(r"(with url: )?\S*://\S*|with url: \S+")
 
 
 def deliver(session: requests.Session, task: Acquired, settings: Settings) -> AttemptResult:
@@ -137,9 +162,8 @@ def classify(task: Acquired, result: AttemptResult, settings: Settings) -> Verdi
     if code is not None and 200 <= code < 300:
         return Verdict("complete")
     error = result.error or f"HTTP {code} {result.reason or ''}".rstrip()
-    blocked = result.error is not None and result.error.startswith("refused:")
     transient = code is None or code >= 500 or code in settings.transient_request_errors
-    if code == 410 or blocked or not transient:
+    if code == 410 or result.permanent or not transient:
         return Verdict("fail", error=error)
     if task.retry_count > task.max_retries:
         return Verdict("fail", error=f"out of retries: {error}")

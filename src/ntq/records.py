@@ -102,6 +102,8 @@ class AttemptResult:
     truncated: bool = False
     error: str | None = None
     retry_after: float | None = None
+    # The request can never succeed (refused address, invalid URL, redirect loop).
+    permanent: bool = False
 
 
 @dataclass(frozen=True)

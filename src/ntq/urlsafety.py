@@ -11,6 +11,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+import idna
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NameResolutionError, NewConnectionError
@@ -48,6 +49,11 @@ def check_url(url: str) -> str:
         raise UnsafeURL("url must name a host")
     if port == 0:
         raise UnsafeURL("url port must be between 1 and 65535")
+    if not parts.hostname.isascii():
+        try:
+            idna.encode(parts.hostname, uts46=True)
+        except idna.IDNAError as exc:
+            raise UnsafeURL(f"url host is not a valid domain name: {exc}") from None
     return url
 
 

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
 
 from ntq.config import Settings
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse (bad framing, oversized headers),
+    as ntq's JSON error instead of an HTML page."""
+    code = reason.lower().replace(" ", "_") or "bad_request"
+    body = orjson.dumps({"error": {"code": code, "message": mesg or reason}})
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn's workers call util.write_error for requests that never reach the app.
+util.write_error = write_json_error
 
 
 class WebServer(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped

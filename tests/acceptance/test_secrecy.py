@@ -1,0 +1,247 @@
+"""Secrets stay secret (SPEC §5, issue 4 item 5): a full run — deliveries, failures,
+retries, a replay, a cancellation, callbacks, rejected requests — logs no body, no
+pass-through header value, no API key and no signing secret. HSTS only when enabled;
+``X-Forwarded-Proto: https`` makes ``Location`` and links https."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import uuid
+from typing import Any
+
+import requests
+from sqlalchemy import Engine
+
+from ntq import apps
+from ntq.apps import Credentials
+from tests.support.hook import HookServer
+from tests.support.procs import Api, Stack, free_port
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def marker(kind: str) -> str:
+    return f"{kind}-marker-{uuid.uuid4().hex}"
+
+
+def enqueue(api: Api, url: str, body: bytes, **kwargs: Any) -> str:
+    response = api.enqueue(url, body, "text/plain", **kwargs)
+    assert response.status_code == 201, response.text
+    task_id: str = response.json()["id"]
+    return task_id
+
+
+def finished(api: Api, task_id: str, *statuses: str) -> dict[str, Any]:
+    task = api.wait_status(task_id, *statuses)
+    assert task["status"] in statuses, task
+    return task
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_a_full_run_logs_no_body_header_value_key_or_secret(
+        api: Api, stack: Stack, hook: HookServer, creds: Credentials, engine: Engine) -> None:
+    stack.worker()
+    stack.requeue()
+    body, header, response_body, json_secret = (marker("body"), marker("header"),
+                                                marker("response"), marker("json"))
+    wrong_key = "ntq_" + marker("wrongkey")
+    with engine.begin() as conn:
+        second_key = apps.add_key(conn, creds.app_id)
+    sensitive = [header, "X-Tenant-Token"]
+    passthrough = {"NTQ-PASSTHROUGH-X-Tenant-Token": header}
+
+    # Delivered at once; its hook answers with a body of its own; a callback follows.
+    ok = hook.script("/ok", {"status": 200, "body": response_body})
+    delivered = enqueue(api, ok, body.encode(), headers=passthrough,
+                        callback=hook.script("/callback"))
+    # Fails for good (400), then is replayed and succeeds.
+    failing = hook.script("/fails-then-ok", {"status": 400, "body": response_body},
+                          {"status": 200})
+    replayed = enqueue(api, failing, body.encode(), headers=passthrough)
+    # Transient trouble: retried with backoff (worker and requeue both involved).
+    flaky = hook.script("/flaky", {"status": 503, "body": response_body}, {"status": 200})
+    retried = enqueue(api, flaky, body.encode(), headers=passthrough, max_retries=3)
+    # Cancelled before it runs: the hook gets the DELETE notice with the headers.
+    cancelled = enqueue(api, hook.script("/cancel"), body.encode(), headers=passthrough,
+                        delay=3600, callback=hook.script("/cancel-callback"))
+    assert api.delete(f"/tasks/{cancelled}").status_code == 204
+    # The structured form with a JSON body and headers; and one with the second key.
+    structured = api.post("/tasks", json={"url": hook.script("/structured"),
+                                          "json": {"secret": json_secret},
+                                          "headers": {"X-Tenant-Token": header}})
+    assert structured.status_code == 201, structured.text
+    other_client = Api(stack.url, second_key)
+    with_second_key = enqueue(other_client, hook.script("/second"), body.encode())
+    # Rejected requests that carry secrets.
+    assert requests.get(stack.url + "/tasks", timeout=10,
+                        headers={"Authorization": f"Bearer {wrong_key}"}).status_code == 401
+    assert api.enqueue("javascript:" + body, body.encode()).status_code == 400
+    assert api.post("/tasks", data=body, headers={"Content-Type": "application/json"}
+                    ).status_code == 400
+    garbled = (f"POST /?url=http://example.com/ HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: Bearer {creds.api_key}\r\nConnection: close\r\n"
+               f"NTQ-PASSTHROUGH-X-Tenant-Token: {header}\x00\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+    assert b" 400 " in raw_request(stack.port, garbled).split(b"\r\n")[0]
+
+    finished(api, delivered, "COMPLETED")
+    finished(api, replayed, "FAILED")
+    assert api.post(f"/tasks/{replayed}/retry").status_code == 200
+    finished(api, replayed, "COMPLETED")
+    finished(api, retried, "COMPLETED")
+    finished(api, structured.json()["id"], "COMPLETED")
+    finished(other_client, with_second_key, "COMPLETED")
+    hook.wait_for(1, "/callback")
+    hook.wait_for(1, "/cancel", method="DELETE")
+    hook.wait_for(1, "/cancel-callback")
+    assert api.get(f"/tasks/{delivered}/response").json()["body"] == response_body
+    signatures = [r.headers["webhook-signature"] for r in hook.requests()]
+    assert len(signatures) >= 10
+    stack.stop()  # every process flushes and logs its shutdown too
+
+    logs = stack.logs()
+    # The run was logged (so the search below means something) ...
+    assert "worker.attempt" in logs
+    assert delivered in logs
+    # ... and nothing secret was.
+    secret_part = creds.signing_secret.removeprefix("whsec_")
+    forbidden = {
+        "body marker": body, "pass-through header value": header,
+        "hook response body": response_body, "JSON body": json_secret,
+        "API key": creds.api_key, "API key (random part)": creds.api_key[len("ntq_"):],
+        "second API key": second_key, "wrong API key": wrong_key,
+        "signing secret": creds.signing_secret, "signing secret (base64)": secret_part,
+        "signing secret (hex)": base64.b64decode(secret_part).hex(),
+    }
+    forbidden.update({f"webhook signature {i}": s.split(",", 1)[1]
+                      for i, s in enumerate(signatures)})
+    leaked = [name for name, value in forbidden.items() if value in logs]
+    assert leaked == [], f"leaked into the logs: {leaked}"
+    # Lines are valid JSON (NTQ_LOG_FORMAT=json): a multi-line dump would be a smell.
+    for line in logs.splitlines():
+        if line.startswith("{"):
+            json.loads(line)
+    assert sensitive  # the pass-through header *name* may be logged; its value may not
+
+
+def test_credentials_in_webhook_urls_are_not_logged(api: Api, stack: Stack) -> None:
+    """Webhook URLs often carry a token (``?token=``, Slack-style paths, user:password);
+    a failed connection must not copy it into the logs."""
+    stack.worker()
+    token, password = marker("urltoken"), marker("password")
+    closed = free_port()  # nothing listens: the attempt fails with a connection error
+    task_id = enqueue(api, f"http://user:{password}@127.0.0.1:{closed}/hook?token={token}",
+                      b"x", max_retries=0)
+    task = finished(api, task_id, "FAILED")
+    assert task["last_error"]
+    stack.stop()
+    logs = stack.logs()
+    assert task_id in logs  # the attempt was logged
+    leaked = [name for name, value in {"query token": token, "password": password}.items()
+              if value in logs]
+    assert leaked == [], f"leaked into the logs: {leaked}"
+
+
+# ---------------------------------------------------------------------------------------
+# HSTS and X-Forwarded-Proto
+
+
+def sample_responses(api: Api, stack: Stack) -> dict[str, tuple[int, dict[str, str]]]:
+    """Status and headers of a spread of responses: success, errors, unauthenticated."""
+    created = api.enqueue("http://example.com/hook", b"x", delay=3600)
+    task_id = created.json()["id"]
+    responses = {
+        "enqueue": created,
+        "task": api.get(f"/tasks/{task_id}"),
+        "descriptor": api.get("/"),
+        "list": api.get("/tasks"),
+        "not found": api.get(f"/tasks/{uuid.uuid4()}"),
+        "bad request": api.enqueue("javascript:alert(1)"),
+        "unauthorized": requests.get(stack.url + "/tasks", timeout=10),
+        "health": requests.get(stack.url + "/healthz", timeout=10),
+    }
+    out = {name: (r.status_code, dict(r.headers)) for name, r in responses.items()}
+    for response in responses.values():
+        response.close()  # an open connection would hold up the web's graceful stop
+    return out
+
+
+def test_no_hsts_by_default(api: Api, stack: Stack) -> None:
+    for name, (_, headers) in sample_responses(api, stack).items():
+        assert "Strict-Transport-Security" not in headers, name
+
+
+def test_hsts_on_every_response_when_enabled(
+        stack: Stack, creds: Credentials) -> None:
+    stack.web(NTQ_ENABLE_HSTS="true")
+    api = Api(stack.url, creds.api_key)
+    for name, (status, headers) in sample_responses(api, stack).items():
+        hsts = headers.get("Strict-Transport-Security", "")
+        assert "max-age=" in hsts, (name, status, headers)
+        assert int(hsts.split("max-age=")[1].split(";")[0]) >= 86400, hsts
+    api.http.close()
+
+
+def links_of(response: requests.Response) -> list[str]:
+    """Every absolute URL in the Location and Link headers and the JSON body."""
+    found = []
+    if "Location" in response.headers:
+        found.append(response.headers["Location"])
+    for part in response.headers.get("Link", "").split(","):
+        if "<" in part:
+            found.append(part.split("<", 1)[1].split(">", 1)[0])
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and value.startswith(("http://127.", "https://127.")):
+            found.append(value)
+
+    walk(response.json())
+    return found
+
+
+def test_forwarded_proto_https_makes_location_and_links_https(api: Api, stack: Stack) -> None:
+    https = {"X-Forwarded-Proto": "https"}
+    host = stack.url.removeprefix("http://")
+    created = api.enqueue("http://example.com/hook", b"x", headers=https, delay=3600)
+    assert created.status_code == 201
+    task_id = created.json()["id"]
+    api.enqueue("http://example.com/hook", b"y", delay=3600)
+    assert created.headers["Location"] == f"https://{host}/tasks/{task_id}"
+    responses = {
+        "enqueue": created,
+        "task": api.get(f"/tasks/{task_id}", headers=https),
+        "descriptor": api.get("/", headers=https),
+        "list with next page": api.get("/tasks", params={"limit": "1"}, headers=https),
+        "attempts": api.get(f"/tasks/{task_id}/attempts", headers=https),
+        "push": api.post(f"/tasks/{task_id}/push", headers=https),
+        "structured": api.post("/tasks", json={"url": "http://example.com/z", "delay": 3600},
+                               headers=https),
+    }
+    for name, response in responses.items():
+        urls = links_of(response)
+        assert urls, name
+        assert all(u.startswith(f"https://{host}/") for u in urls), (name, urls)
+    assert responses["list with next page"].json()["next"].startswith("https://")
+
+    # Without the header (or with a value that is not a scheme) links stay http.
+    for headers in ({}, {"X-Forwarded-Proto": "javascript"}, {"X-Forwarded-Proto": "ftp"}):
+        plain = api.get(f"/tasks/{task_id}", headers=headers)
+        urls = links_of(plain)
+        assert urls
+        assert all(u.startswith(f"http://{host}/") for u in urls), (headers, urls)
