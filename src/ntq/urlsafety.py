@@ -22,6 +22,8 @@ from ntq.config import Network, Settings
 MAX_URL_LENGTH = 2048
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Deprecated IPv4-compatible IPv6 addresses (::a.b.c.d) are never a public webhook target.
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 class UnsafeURL(ValueError):
@@ -73,6 +75,8 @@ class AddressPolicy:
             address = address.ipv4_mapped
         if self.allow_private or any(address in net for net in self.allowed):
             return True
+        if address in IPV4_COMPATIBLE:
+            return False
         return address.is_global and not address.is_multicast
 
     def describe(self) -> str:
