@@ -33,6 +33,9 @@ return #ids
 
 # How long a cancelled attempt gets to be interrupted before the DELETE notice is sent.
 NOTICE_DELAY = 0.5
+# After a failure, skip Redis this long: an unreachable server must not slow every
+# enqueue by a connect timeout (the requeue poller delivers what the hints miss).
+BACKOFF_AFTER_FAILURE = 1.0
 
 Id = uuid.UUID | str
 
@@ -54,11 +57,15 @@ class Notifier:
         self.redis = conn
         self.settings = settings
         self._promote = conn.register_script(_PROMOTE)
+        self._skip_until = 0.0
 
     def _run(self, event: str, pipe: redis.client.Pipeline) -> bool:
+        if time.monotonic() < self._skip_until:
+            return False
         try:
             pipe.execute()
         except redis.RedisError as exc:
+            self._skip_until = time.monotonic() + BACKOFF_AFTER_FAILURE
             log.warning(f"notify.{event}_failed", error=str(exc))
             return False
         return True

@@ -101,6 +101,9 @@ class Stack:
         return proc
 
     def stop(self) -> None:
+        """SIGTERM every process at once, then wait for each (killing stragglers)."""
+        for proc in self.procs:
+            proc.signal(signal.SIGTERM)
         for proc in self.procs:
             proc.stop()
 

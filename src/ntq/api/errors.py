@@ -43,15 +43,29 @@ def api_error(exc: ApiError, request: Request) -> Response:
 @exception_view_config(HTTPException)
 def http_error(exc: HTTPException, request: Request) -> Response:
     if isinstance(exc, PredicateMismatch) and request.matched_route is not None:
-        # The path exists but not for this method: 405, not Pyramid's 404.
-        return error_response(405, "method_not_allowed",
-                              f"{request.method} is not allowed on {request.path}")
+        # The path exists but not for this method: 405 with Allow, not Pyramid's 404.
+        response = error_response(405, "method_not_allowed",
+                                  f"{request.method} is not allowed on {request.path}")
+        response.headers["Allow"] = ", ".join(_allowed(request, request.matched_route.name))
+        return response
     code = exc.title.lower().replace(" ", "_")
     response = error_response(exc.code, code, exc.explanation or exc.title)
     for name in ("Allow", "Location", "Retry-After"):
         if name in exc.headers:
             response.headers[name] = exc.headers[name]
     return response
+
+
+def _allowed(request: Request, route_name: str) -> list[str]:
+    """The methods the route's views accept, from Pyramid's introspection registry."""
+    introspector = request.registry.introspector
+    route = introspector.get("routes", route_name)
+    methods: set[str] = set()
+    for view in introspector.related(route) if route is not None else []:
+        if view.category_name == "views":
+            declared = view["request_methods"] or ()
+            methods.update([declared] if isinstance(declared, str) else declared)
+    return sorted(methods)
 
 
 def _unavailable(kind: str) -> Response:
