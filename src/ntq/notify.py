@@ -40,12 +40,18 @@ BACKOFF_AFTER_FAILURE = 1.0
 Id = uuid.UUID | str
 
 
+# Longest server-side wait ntq asks of a blocking client (BLPOP's timeout).
+BLOCKING_WAIT = 1
+
+
 def client(url: str, *, blocking: bool = False) -> redis.Redis:
-    """A Redis client; ``blocking`` ones have no read timeout (for BLPOP and pub/sub)."""
+    """A Redis client. ``blocking`` ones (BLPOP, pub/sub) allow for the server-side wait
+    in their read timeout, so a connection that died silently is still noticed."""
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=2,
-        socket_timeout=None if blocking else 2,
+        socket_timeout=BLOCKING_WAIT + 5 if blocking else 2,
+        socket_keepalive=True,
         health_check_interval=30,
     )
 

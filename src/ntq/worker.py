@@ -31,10 +31,11 @@ from ntq.records import Acquired, AttemptResult, Verdict
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-BLPOP_TIMEOUT = 1
 MAX_BATCH = 100
 PROMOTE_INTERVAL = 0.1
 FINISH_RETRY_FOR = 60.0
+PING_EVERY = 3.0
+PONG_WAIT = 3.0
 
 
 class Cancelled(gevent.GreenletExit):  # type: ignore[misc]  # gevent is untyped
@@ -97,10 +98,18 @@ class Worker:
                 gevent.sleep(1)
                 continue
             for task in tasks:
-                self.running[task.id] = (self.pool.spawn(self._attempt, task), task.app_id)
+                self._start(task)
+
+    def _start(self, task: Acquired) -> None:
+        if not task.is_cancel_notice:
+            self.running[task.id] = (self.pool.spawn(self._attempt, task), task.app_id)
+            return
+        if task.id in self.running:  # the cancel broadcast was missed: interrupt now
+            self.running[task.id][0].kill(Cancelled, block=False)
+        self.pool.spawn(self._notice, task)
 
     def _take(self, free: int) -> list[uuid.UUID]:
-        popped = self.redis.blpop([self.settings.queue_key], timeout=BLPOP_TIMEOUT)
+        popped = self.redis.blpop([self.settings.queue_key], timeout=notify.BLOCKING_WAIT)
         if popped is None:
             return []
         raw: list[Any] = [popped[1]]
@@ -115,10 +124,6 @@ class Worker:
 
     def _attempt(self, task: Acquired) -> None:
         structlog.contextvars.bind_contextvars(task_id=str(task.id), attempt=task.retry_count)
-        if task.is_cancel_notice:
-            self.running.pop(task.id, None)
-            self._notice(task)
-            return
         try:
             result = delivery.deliver(self.session, task, self.settings)
         except Cancelled:
@@ -135,6 +140,7 @@ class Worker:
 
     def _notice(self, task: Acquired) -> None:
         """Send the DELETE owed to a cancelled task's hook, and record it."""
+        structlog.contextvars.bind_contextvars(task_id=str(task.id))
         result = delivery.send_cancel_notice(self.session, task)
         log.info("worker.cancel_notice", status_code=result.status_code, error=result.error)
         if self._write(lambda conn: queue.finish_notice(conn, task, result)):
@@ -185,11 +191,24 @@ class Worker:
                 gevent.sleep(1)
 
     def _listen_for_cancels(self) -> None:
+        """Interrupt attempts named on the cancel channel. A silent connection (a Redis
+        gone without a FIN) is noticed by pinging, then the caller reconnects."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(self.settings.cancel_channel)
+        heard = pinged = time.monotonic()
         try:
-            for message in pubsub.listen():
-                self._interrupt(message.get("data"))
+            while True:
+                message = pubsub.get_message(timeout=1.0)
+                now = time.monotonic()
+                if message is not None:
+                    heard = now
+                    if message.get("type") == "message":
+                        self._interrupt(message.get("data"))
+                if now - pinged >= PING_EVERY:
+                    pubsub.ping()
+                    pinged = now
+                if now - heard > PING_EVERY + PONG_WAIT:
+                    raise redis.ConnectionError("the cancel channel went silent")
         finally:
             pubsub.close()
 

@@ -217,6 +217,8 @@ class TrickleHook:
 
     @staticmethod
     def _read_request(conn: socket.socket) -> None:
+        """Read the whole request, body included: unread bytes would make the hang-up
+        check below see a readable socket, and closing on them would send a reset."""
         data = b""
         conn.settimeout(10)
         while b"\r\n\r\n" not in data:
@@ -224,6 +226,14 @@ class TrickleHook:
             if not chunk:
                 return
             data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        remaining = int(match.group(1)) - len(body) if match else 0
+        while remaining > 0:
+            chunk = conn.recv(min(remaining, 65536))
+            if not chunk:
+                return
+            remaining -= len(chunk)
         conn.settimeout(None)
 
     @staticmethod
