@@ -1,5 +1,6 @@
 """Fixtures: real PostgreSQL and Redis (embedded unless named), migrated once, cleaned
-between tests; a hook receiver; the real ntq processes."""
+between tests; hook receivers; the real ntq processes, launched per test (``stack``,
+``private_stack``) or shared by a module (``module_stack``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import redis
@@ -22,6 +25,7 @@ from ntq.embedded import redis_url as embedded_redis_url
 from ntq.migrate import upgrade
 from tests.support.hook import HookServer, start_hook
 from tests.support.procs import Api, RedisServer, Stack
+from tests.support.tasks import new_app
 
 TABLES = "attempts, tasks, api_keys, apps"
 
@@ -67,12 +71,17 @@ def engine(migrated: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-@pytest.fixture
-def clean(engine: Engine, redis_url: str) -> None:
-    """Empty tables and Redis: every test starts from nothing."""
+def reset(engine: Engine, redis_url: str) -> None:
+    """Empty every table and the Redis database."""
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
     redis.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.fixture
+def clean(engine: Engine, redis_url: str) -> None:
+    """Empty tables and Redis: every test starts from nothing."""
+    reset(engine, redis_url)
 
 
 @pytest.fixture
@@ -87,12 +96,21 @@ def creds(engine: Engine, clean: None) -> Credentials:
         return apps.create(conn, "test-app")
 
 
-@pytest.fixture
-def hook() -> Iterator[HookServer]:
-    server = start_hook()
+def _serving(server: HookServer) -> Iterator[HookServer]:
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def hook() -> Iterator[HookServer]:
+    yield from _serving(start_hook())
+
+
+@pytest.fixture
+def hook2() -> Iterator[HookServer]:
+    """A second hook receiver, on another loopback address (127.0.0.2)."""
+    yield from _serving(start_hook("127.0.0.2"))
 
 
 def stack_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
@@ -108,17 +126,12 @@ def stack_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]
     return env
 
 
-@pytest.fixture
-def stack(clean: None, migrated: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
-    """Processes launched by the test; all stopped (or killed) afterwards."""
-    running = Stack(stack_env(migrated, redis_url), tmp_path)
+def _stopped_afterwards(running: Stack) -> Iterator[Stack]:
     yield running
     running.stop()
 
 
-@pytest.fixture
-def api(stack: Stack, creds: Credentials) -> Iterator[Api]:
-    """A client of a running web process, as the test application."""
+def _client(stack: Stack, creds: Credentials) -> Iterator[Api]:
     stack.web()
     client = Api(stack.url, creds.api_key)
     yield client
@@ -126,7 +139,86 @@ def api(stack: Stack, creds: Credentials) -> Iterator[Api]:
 
 
 @pytest.fixture
+def stack(clean: None, migrated: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """Processes launched by the test; all stopped (or killed) afterwards."""
+    yield from _stopped_afterwards(Stack(stack_env(migrated, redis_url), tmp_path))
+
+
+@pytest.fixture
+def api(stack: Stack, creds: Credentials) -> Iterator[Api]:
+    """A client of a running web process, as the test application."""
+    yield from _client(stack, creds)
+
+
+@pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def private_stack(clean: None, migrated: str, private_redis: RedisServer,
+                  tmp_path: Path) -> Iterator[Stack]:
+    """Like ``stack``, on a Redis of the test's own, which it may stop, restart and flush."""
+    yield from _stopped_afterwards(Stack(stack_env(migrated, private_redis.url), tmp_path))
+
+
+@pytest.fixture
+def private_api(private_stack: Stack, creds: Credentials) -> Iterator[Api]:
+    """A client of a running web process of ``private_stack``, as the test application."""
+    yield from _client(private_stack, creds)
+
+
+# --- one stack for a whole module -------------------------------------------------------
+
+def _short_name(module: ModuleType) -> str:
+    return module.__name__.rpartition(".")[2].removeprefix("test_")
+
+
+def module_stack(*, worker: bool = True, requeue: bool = False, **env: str) -> Any:
+    """A module-scoped ``stack`` fixture, for a module whose tests can share ntq's
+    processes (starting them per test costs seconds). A module opts in with
+    ``stack = module_stack()``.
+
+    Tables and Redis are emptied once; then one web, one worker (unless ``worker=False``)
+    and one requeue poller (if ``requeue``) run for the whole module, with ``env`` on top of
+    ``stack_env``'s settings. Tests must not take ``creds``, ``clean`` or the per-test
+    ``api`` (they empty the tables under the running processes): each takes ``app`` or, with
+    ``api = app_api`` in the module, ``api``: a new application of its own.
+    """
+
+    @pytest.fixture(scope="module", name="stack")
+    def shared_stack(migrated: str, redis_url: str, engine: Engine,
+                     tmp_path_factory: pytest.TempPathFactory,
+                     request: pytest.FixtureRequest) -> Iterator[Stack]:
+        reset(engine, redis_url)
+        running = Stack(stack_env(migrated, redis_url, **env),
+                        tmp_path_factory.mktemp(_short_name(request.module)))
+        try:
+            running.web()
+            if worker:
+                running.worker()
+            if requeue:
+                running.requeue()
+            yield running
+        finally:
+            running.stop()
+
+    return shared_stack
+
+
+@pytest.fixture
+def app(stack: Stack, engine: Engine,
+        request: pytest.FixtureRequest) -> Iterator[tuple[Api, Credentials]]:
+    """A new application on the module's running ``stack`` (see ``module_stack``), and a
+    client authenticated as it."""
+    client, creds = new_app(stack, engine, _short_name(request.module))
+    yield client, creds
+    client.http.close()
+
+
+@pytest.fixture
+def app_api(app: tuple[Api, Credentials]) -> Api:
+    """``app``'s client; a module on a ``module_stack`` takes it as ``api = app_api``."""
+    return app[0]

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any
 
 import pytest
 import requests
@@ -24,6 +23,7 @@ from ntq import apps
 from ntq.apps import Credentials
 from tests.support.hook import HookServer, Received
 from tests.support.procs import Api, Stack
+from tests.support.tasks import enqueue
 
 BINARY = bytes(range(256)) + b"\xff\xfe\x00\x80 not utf-8"
 TEXT = '{"order": 42, "note": "héllo wörld ✓ 😀"}'.encode()
@@ -47,13 +47,6 @@ def stored_values(engine: Engine) -> list[str]:
             for row in conn.execute(text(f"SELECT * FROM {table}")):  # noqa: S608
                 out += [str(value) for value in row]
     return out
-
-
-def enqueue(api: Api, url: str, body: bytes = b"payload", **params: Any) -> str:
-    response = api.enqueue(url, body, "text/plain", **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
 
 
 def assert_error(response: requests.Response, status: int, code: str | None = None) -> None:

@@ -6,52 +6,17 @@ from __future__ import annotations
 import base64
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
-from ntq import apps
 from ntq.apps import Credentials
-from tests.conftest import TABLES, stack_env
+from tests.conftest import module_stack
 from tests.support.hook import HookServer
-from tests.support.procs import Api, Stack
+from tests.support.procs import Api
+from tests.support.tasks import count_tasks
 
-
-@pytest.fixture(scope="module")
-def stack(migrated: str, redis_url: str, engine: Engine,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One web and one worker for the module; each test has an application of its own."""
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
-    redis.Redis.from_url(redis_url).flushdb()
-    running = Stack(stack_env(migrated, redis_url), tmp_path_factory.mktemp("batch"))
-    try:
-        running.web()
-        running.worker()
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def app(stack: Stack, engine: Engine) -> Iterator[tuple[Api, Credentials]]:
-    with engine.begin() as conn:
-        creds = apps.create(conn, f"batch-{uuid.uuid4().hex[:8]}")
-    client = Api(stack.url, creds.api_key)
-    yield client, creds
-    client.http.close()
-
-
-def rows(engine: Engine, app_id: uuid.UUID, status: str | None = None) -> int:
-    query = "SELECT count(*) FROM tasks WHERE app_id = :a"
-    if status:
-        query += " AND status = :s"
-    with engine.connect() as conn:
-        return int(conn.execute(text(query), {"a": app_id, "s": status}).scalar_one())
+stack = module_stack()  # one web and one worker for the module; each test has an app of its own
 
 
 def error_of(response: Any, status: int) -> dict[str, Any]:
@@ -75,11 +40,11 @@ def test_a_batch_with_one_invalid_item_stores_nothing_and_names_it(
         error = error_of(api.post("/tasks", json=items), 400)
         assert error.get("index") == index, error
         assert str(index) in error["message"]
-        assert rows(engine, creds.app_id) == 0, f"a batch bad at {index} stored tasks"
+        assert count_tasks(engine, creds.app_id) == 0, f"a batch bad at {index} stored tasks"
 
     too_many = error_of(api.post("/tasks", json=[*batch, batch[0]]), 413)
     assert too_many["code"]
-    assert rows(engine, creds.app_id) == 0
+    assert count_tasks(engine, creds.app_id) == 0
     time.sleep(0.5)
     assert hook.requests() == []
 
@@ -95,13 +60,13 @@ def test_a_valid_batch_of_1000_is_stored_and_delivered(
     assert len(tasks) == 1000
     assert [t["url"] for t in tasks] == [item["url"] for item in batch], "order not kept"
     assert len({t["id"] for t in tasks}) == 1000
-    assert rows(engine, creds.app_id) == 1000
+    assert count_tasks(engine, creds.app_id) == 1000
 
     received = hook.wait_for(1000, "/b", timeout=60)
     assert len(received) == 1000
     assert sorted(json.loads(r.body)["i"] for r in received) == list(range(1000))
     deadline = time.monotonic() + 30
-    while rows(engine, creds.app_id, "COMPLETED") < 1000:
+    while count_tasks(engine, creds.app_id, "COMPLETED") < 1000:
         assert time.monotonic() < deadline, "not every task of the batch completed"
         time.sleep(0.1)
     time.sleep(0.5)
@@ -138,7 +103,7 @@ def test_single_tasks_and_body_forms(app: tuple[Api, Credentials], engine: Engin
     assert header_call.headers["X-Trace"] == "t-1"
     assert header_call.headers["NTQ-Task-Retry-Limit"] == "3"
 
-    stored = rows(engine, creds.app_id)
+    stored = count_tasks(engine, creds.app_id)
     url = hook.url + "/never"
     assert error_of(api.post("/tasks", json={"url": url, "colour": "blue"}),
                     400)["code"] == "unknown_field"
@@ -152,5 +117,5 @@ def test_single_tasks_and_body_forms(app: tuple[Api, Credentials], engine: Engin
     error_of(api.post("/tasks", json={"url": url, "body": "a", "json": 1}), 400)
     error_of(api.post("/tasks", json={"url": url, "body_base64": "%%%"}), 400)
     error_of(api.post("/tasks", json={"method": "POST"}), 400)
-    assert rows(engine, creds.app_id) == stored
+    assert count_tasks(engine, creds.app_id) == stored
     assert hook.requests("/never") == []

@@ -6,53 +6,16 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import redis
-from sqlalchemy import Engine, text
-
-from ntq import apps, signing
+from ntq import signing
 from ntq.apps import Credentials
-from tests.conftest import TABLES, stack_env
+from tests.conftest import module_stack
 from tests.support.hook import HookServer, Received
-from tests.support.procs import Api, Stack
+from tests.support.procs import Api
+from tests.support.tasks import TERMINAL, enqueue
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
-
-
-@pytest.fixture(scope="module")
-def stack(migrated: str, redis_url: str, engine: Engine,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One web and one worker for the module; each test has an application of its own."""
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
-    redis.Redis.from_url(redis_url).flushdb()
-    running = Stack(stack_env(migrated, redis_url), tmp_path_factory.mktemp("callbacks"))
-    try:
-        running.web()
-        running.worker()
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def app(stack: Stack, engine: Engine) -> Iterator[tuple[Api, Credentials]]:
-    with engine.begin() as conn:
-        creds = apps.create(conn, f"callbacks-{uuid.uuid4().hex[:8]}")
-    client = Api(stack.url, creds.api_key)
-    yield client, creds
-    client.http.close()
-
-
-def enqueue(api: Api, url: str, **params: Any) -> str:
-    response = api.enqueue(url, b"job", "text/plain", **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
+stack = module_stack()  # one web and one worker for the module; each test has an app of its own
 
 
 def payload(received: Received, secret: str) -> dict[str, Any]:

@@ -12,50 +12,22 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import redis
-from sqlalchemy import Engine, text
-
-from ntq import apps
-from tests.conftest import TABLES, stack_env
+from tests.conftest import app_api, module_stack
+from tests.support import tasks
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Proc, Stack
+from tests.support.tasks import TERMINAL, attempts, eventually
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 # The first retry waits ~2 s: time enough to cancel a task during its backoff.
 MIN_DUE_DELAY = "2"
+TRACE = {"NTQ-PASSTHROUGH-X-Trace": "trace-1"}
 
-
-@pytest.fixture(scope="module")
-def stack(migrated: str, redis_url: str, engine: Engine,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One web, worker and requeue poller for the module (starting them per test costs
-    seconds); every test gets an application of its own, so tests cannot see each
-    other's tasks."""
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
-    redis.Redis.from_url(redis_url).flushdb()
-    running = Stack(stack_env(migrated, redis_url, NTQ_MIN_DUE_DELAY=MIN_DUE_DELAY),
-                    tmp_path_factory.mktemp("cancel"))
-    try:
-        running.web()
-        running.worker()
-        running.requeue()
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def api(stack: Stack, engine: Engine) -> Iterator[Api]:
-    with engine.begin() as conn:
-        creds = apps.create(conn, f"cancel-{time.monotonic_ns()}")
-    client = Api(stack.url, creds.api_key)
-    yield client
-    client.http.close()
+# One web, worker and requeue poller for the module (starting them per test costs seconds);
+# every test gets an application of its own, so tests cannot see each other's tasks.
+stack = module_stack(requeue=True, NTQ_MIN_DUE_DELAY=MIN_DUE_DELAY)
+api = app_api
 
 
 def worker_of(stack: Stack) -> Proc:
@@ -63,27 +35,8 @@ def worker_of(stack: Stack) -> Proc:
 
 
 def enqueue(api: Api, url: str, **params: Any) -> str:
-    response = api.enqueue(url, b"work", "text/plain",
-                           headers={"NTQ-PASSTHROUGH-X-Trace": "trace-1"}, **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
-
-
-def attempts(api: Api, task_id: str) -> list[dict[str, Any]]:
-    response = api.get(f"/tasks/{task_id}/attempts")
-    assert response.status_code == 200, response.text
-    found: list[dict[str, Any]] = response.json()["attempts"]
-    return found
-
-
-def eventually(predicate: Any, timeout: float, what: str) -> float:
-    """Poll ``predicate`` until true; return when it became true (time.time())."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.02)
-    return time.time()
+    """With a pass-through header, which the cancel notice must carry too."""
+    return tasks.enqueue(api, url, b"work", headers=TRACE, **params)
 
 
 def assert_cancel_notice(hook: HookServer, path: str, task_id: str) -> None:

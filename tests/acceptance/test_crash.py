@@ -11,12 +11,12 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Stack
+from tests.support.tasks import statuses
 
 
 def test_worker_killed_mid_delivery_is_delivered_again(
@@ -93,12 +93,6 @@ def enqueue_one_by_one(stack: Stack, key: str, url: str, count: int) -> list[str
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, range(count)))
-
-
-def statuses(engine: Engine) -> dict[str, Any]:
-    with engine.begin() as conn:
-        return dict(conn.execute(text("SELECT status, count(*) FROM tasks GROUP BY status"))
-                    .tuples().all())
 
 
 def test_three_workers_deliver_every_task_exactly_once(

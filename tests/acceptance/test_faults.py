@@ -38,20 +38,13 @@ from ntq.migrate import upgrade
 from tests.conftest import stack_env
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Proc, RedisServer, Stack
+from tests.support.tasks import TERMINAL, enqueue, wait_until
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 QUEUE_KEY = "ntq"  # NTQ_REDIS_CHANNEL's default
 SCHEDULED_KEY = "ntq:scheduled"
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def enqueue(api: Api, url: str, body: bytes = b"payload", **params: Any) -> str:
-    response = api.enqueue(url, body, "text/plain", **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
-
 
 def db_tasks(engine: Engine) -> dict[str, dict[str, Any]]:
     """Every task in the database: id -> {status, retry_count, last_status_code}."""
@@ -100,15 +93,6 @@ def wait_exit(proc: Proc, timeout: float) -> tuple[int | None, float]:
     started = time.monotonic()
     code = proc.wait(timeout)
     return code, time.monotonic() - started
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def readyz(base: str) -> tuple[int, dict[str, Any]]:
@@ -235,64 +219,47 @@ def test_web_sigkilled_while_clients_enqueue_every_201_task_is_delivered(
 
 # --- 8. Redis restarted, flushed, down -----------------------------------------------------
 
-@pytest.fixture
-def rstack(clean: None, migrated: str, private_redis: RedisServer,
-           tmp_path: Path) -> Iterator[Stack]:
-    """A stack on a private Redis the test may stop, restart and flush."""
-    running = Stack(stack_env(migrated, private_redis.url), tmp_path)
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def rapi(rstack: Stack, creds: Credentials) -> Iterator[Api]:
-    rstack.web()
-    client = Api(rstack.url, creds.api_key)
-    yield client
-    client.http.close()
-
-
 def test_redis_restarted_enqueues_succeed_and_every_task_is_delivered(
-        rapi: Api, rstack: Stack, private_redis: RedisServer, hook: HookServer,
-        engine: Engine) -> None:
-    rstack.worker("--concurrency", "10")
-    rstack.requeue()
+        private_api: Api, private_stack: Stack, private_redis: RedisServer,
+        hook: HookServer, engine: Engine) -> None:
+    private_stack.worker("--concurrency", "10")
+    private_stack.requeue()
     url = hook.script("/hook")
-    ids = {enqueue(rapi, url) for _ in range(5)}
+    ids = {enqueue(private_api, url) for _ in range(5)}
     assert not wait_delivered(hook, "/hook", ids, 15)
 
     private_redis.stop()
-    ids |= {enqueue(rapi, url) for _ in range(10)}  # Redis down: still 201
+    ids |= {enqueue(private_api, url) for _ in range(10)}  # Redis down: still 201
     private_redis.start()  # same port
-    ids |= {enqueue(rapi, url) for _ in range(10)}
+    ids |= {enqueue(private_api, url) for _ in range(10)}
 
     tasks = wait_all_terminal(engine, timeout=45)
     assert set(tasks) == ids
     assert {v["status"] for v in tasks.values()} == {"COMPLETED"}
     assert not wait_delivered(hook, "/hook", ids)
-    assert wait_until(lambda: readyz(rapi.base)[0] == 200, 10)
+    assert wait_until(lambda: readyz(private_api.base)[0] == 200, 10)
 
 
 def test_redis_flushed_loses_no_queued_scheduled_or_retrying_task(
-        rapi: Api, rstack: Stack, private_redis: RedisServer, hook: HookServer,
-        engine: Engine) -> None:
+        private_api: Api, private_stack: Stack, private_redis: RedisServer,
+        hook: HookServer, engine: Engine) -> None:
     client = redis.Redis.from_url(private_redis.url)
     flaky = hook.script("/flaky", {"status": 500}, {"status": 200})
-    retrying = enqueue(rapi, flaky)
+    retrying = enqueue(private_api, flaky)
     # A worker makes the first attempt; the retry (>= 3 s later) is scheduled in Redis.
-    worker = rstack.worker("--concurrency", "1", NTQ_MIN_DUE_DELAY="3")
+    worker = private_stack.worker("--concurrency", "1", NTQ_MIN_DUE_DELAY="3")
     hook.wait_for(1, "/flaky")
     worker.stop()
 
     url = hook.script("/hook")
-    queued = {enqueue(rapi, url) for _ in range(10)}  # no worker: the hints wait in Redis
-    delayed = {enqueue(rapi, url, delay=2) for _ in range(5)}  # in the scheduled set
+    queued = {enqueue(private_api, url) for _ in range(10)}  # no worker: the hints wait in Redis
+    delayed = {enqueue(private_api, url, delay=2) for _ in range(5)}  # in the scheduled set
     assert client.llen(QUEUE_KEY) == len(queued)
     assert client.zcard(SCHEDULED_KEY) == len(delayed) + 1
     client.flushall()
 
-    rstack.requeue()
-    rstack.worker("--concurrency", "10")
+    private_stack.requeue()
+    private_stack.worker("--concurrency", "10")
     tasks = wait_all_terminal(engine, timeout=45)
     assert set(tasks) == queued | delayed | {retrying}
     assert {v["status"] for v in tasks.values()} == {"COMPLETED"}
@@ -302,28 +269,28 @@ def test_redis_flushed_loses_no_queued_scheduled_or_retrying_task(
 
 
 def test_redis_down_for_10s_readyz_says_so_enqueues_succeed_then_all_reconnect(
-        rapi: Api, rstack: Stack, private_redis: RedisServer, hook: HookServer,
-        engine: Engine) -> None:
-    rstack.worker("--concurrency", "10")
-    requeue = rstack.requeue()
+        private_api: Api, private_stack: Stack, private_redis: RedisServer,
+        hook: HookServer, engine: Engine) -> None:
+    private_stack.worker("--concurrency", "10")
+    requeue = private_stack.requeue()
     url = hook.script("/hook")
-    ids = {enqueue(rapi, url) for _ in range(3)}
-    assert readyz(rapi.base)[0] == 200
+    ids = {enqueue(private_api, url) for _ in range(3)}
+    assert readyz(private_api.base)[0] == 200
 
     private_redis.stop()
     down_until = time.monotonic() + 10
-    status, body = readyz(rapi.base)
+    status, body = readyz(private_api.base)
     assert status == 503, body
     assert body["checks"]["postgresql"] == "ok"
     assert body["checks"]["redis"] != "ok"
     assert "redis" in str(body).lower()
     while time.monotonic() < down_until:  # ten seconds of enqueues with Redis down
-        ids.add(enqueue(rapi, url))
+        ids.add(enqueue(private_api, url))
         time.sleep(0.25)
-    assert readyz(rapi.base)[0] == 503
+    assert readyz(private_api.base)[0] == 503
 
     private_redis.start()
-    assert wait_until(lambda: readyz(rapi.base)[0] == 200, 15), readyz(rapi.base)
+    assert wait_until(lambda: readyz(private_api.base)[0] == 200, 15), readyz(private_api.base)
     tasks = wait_all_terminal(engine, timeout=45)
     assert set(tasks) == ids
     assert {v["status"] for v in tasks.values()} == {"COMPLETED"}
@@ -332,7 +299,7 @@ def test_redis_down_for_10s_readyz_says_so_enqueues_succeed_then_all_reconnect(
     # Without the requeue poller, delivery now rests on the web's hints and the worker's
     # BLPOP alone: both must have reconnected by themselves.
     requeue.stop()
-    fresh = {enqueue(rapi, url) for _ in range(3)}
+    fresh = {enqueue(private_api, url) for _ in range(3)}
     assert not wait_delivered(hook, "/hook", fresh, 15), \
         "web or worker did not reconnect to Redis (only the poller delivered)"
 

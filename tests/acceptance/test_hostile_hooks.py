@@ -15,18 +15,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Stack
+from tests.support.tasks import TERMINAL, attempts, enqueue, wait_until
 
 TIMEOUT = 8  # the hostile tasks' timeout, in seconds
 MAX_RESPONSE_BYTES = 100_000  # not a multiple of any read size: the cut must be exact
 HUGE = 100 * 1024 * 1024
 TIMED_OUT = re.compile(r"time(d)?[ _-]?out", re.IGNORECASE)
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 Behaviour = Callable[["RawHook", socket.socket, bytes], None]
 
@@ -185,29 +184,6 @@ def hostile() -> Iterator[dict[str, RawHook]]:
     yield servers
     for server in servers.values():
         server.close()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
-def attempts(api: Api, task_id: str) -> list[dict[str, Any]]:
-    response = api.get(f"/tasks/{task_id}/attempts")
-    assert response.status_code == 200, response.text
-    found: list[dict[str, Any]] = response.json()["attempts"]
-    return found
-
-
-def enqueue(api: Api, url: str, **params: Any) -> str:
-    response = api.enqueue(url, b"payload", "text/plain", **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
 
 
 def test_hostile_hooks_are_cut_off_and_the_worker_keeps_delivering_meanwhile(

@@ -12,9 +12,7 @@ import contextlib
 import json
 import socket
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -22,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from ntq import apps
-from tests.conftest import TABLES, stack_env
+from tests.conftest import module_stack
 from tests.support.procs import Api, Stack
 
 GOOD = "http://example.com/hook"
@@ -362,23 +360,18 @@ class Target:
                     conn.execute(text("SELECT count(*) FROM apps")).scalar_one())
 
 
+stack = module_stack(worker=False)
+
+
 @pytest.fixture(scope="module")
-def target(engine: Engine, migrated: str, redis_url: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def target(stack: Stack, engine: Engine) -> Target:
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
         creds = apps.create(conn, "hostile")
-    logdir: Path = tmp_path_factory.mktemp("hostile")
-    stack = Stack(stack_env(migrated, redis_url), logdir)
-    try:
-        stack.web()
-        client = Api(stack.url, creds.api_key)
-        seed = client.enqueue(GOOD, b"seed", delay=3600)
-        assert seed.status_code == 201, seed.text
-        client.http.close()
-        yield Target(stack.port, creds.api_key, seed.json()["id"], engine)
-    finally:
-        stack.stop()
+    client = Api(stack.url, creds.api_key)
+    seed = client.enqueue(GOOD, b"seed", delay=3600)
+    assert seed.status_code == 201, seed.text
+    client.http.close()
+    return Target(stack.port, creds.api_key, seed.json()["id"], engine)
 
 
 def check(reply: Reply, case: Case) -> None:

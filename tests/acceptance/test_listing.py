@@ -5,62 +5,18 @@ tasks only, in-flight attempts interrupted); ``POST /tasks/{id}/retry``."""
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
-from ntq import apps
 from ntq.apps import Credentials
-from tests.conftest import TABLES, stack_env
+from tests.conftest import app_api, module_stack
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Stack
+from tests.support.tasks import TERMINAL, count_tasks, enqueue, new_app
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
-
-
-@pytest.fixture(scope="module")
-def stack(migrated: str, redis_url: str, engine: Engine,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One web and one worker for the module; each test has applications of its own."""
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
-    redis.Redis.from_url(redis_url).flushdb()
-    running = Stack(stack_env(migrated, redis_url), tmp_path_factory.mktemp("listing"))
-    try:
-        running.web()
-        running.worker()
-        yield running
-    finally:
-        running.stop()
-
-
-def new_app(stack: Stack, engine: Engine, name: str) -> tuple[Api, Credentials]:
-    with engine.begin() as conn:
-        creds = apps.create(conn, f"{name}-{uuid.uuid4().hex[:8]}")
-    return Api(stack.url, creds.api_key), creds
-
-
-@pytest.fixture
-def app(stack: Stack, engine: Engine) -> Iterator[tuple[Api, Credentials]]:
-    client, creds = new_app(stack, engine, "listing")
-    yield client, creds
-    client.http.close()
-
-
-@pytest.fixture
-def api(app: tuple[Api, Credentials]) -> Api:
-    return app[0]
-
-
-def enqueue(api: Api, url: str, **params: Any) -> str:
-    response = api.enqueue(url, b"x", "text/plain", **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
+stack = module_stack()  # one web and one worker for the module
+api = app_api  # each test has applications of its own
 
 
 def listing(api: Api, **params: Any) -> dict[str, Any]:
@@ -72,12 +28,6 @@ def listing(api: Api, **params: Any) -> dict[str, Any]:
 
 def ids(page: dict[str, Any]) -> list[str]:
     return [t["id"] for t in page["tasks"]]
-
-
-def count_rows(engine: Engine, app_id: uuid.UUID) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text("SELECT count(*) FROM tasks WHERE app_id = :a"),
-                                {"a": app_id}).scalar_one())
 
 
 def test_newest_first_with_status_and_time_filters_and_limit(
@@ -165,8 +115,8 @@ def test_delete_all_removes_only_the_callers_tasks_and_interrupts_attempts(
 
         assert listing(api)["tasks"] == []
         assert api.get(f"/tasks/{running}").status_code == 404
-        assert count_rows(engine, creds.app_id) == 0
-        assert count_rows(engine, other_creds.app_id) == 2
+        assert count_tasks(engine, creds.app_id) == 0
+        assert count_tasks(engine, other_creds.app_id) == 2
         assert sorted(ids(listing(other))) == sorted(theirs)
 
         while "/running" not in hook.dropped:
@@ -174,9 +124,9 @@ def test_delete_all_removes_only_the_callers_tasks_and_interrupts_attempts(
             time.sleep(0.02)
         time.sleep(0.5)
         assert len(hook.requests("/running", method="POST")) == 1
-        assert count_rows(engine, creds.app_id) == 0, "the interrupted attempt left rows"
+        assert count_tasks(engine, creds.app_id) == 0, "the interrupted attempt left rows"
         assert other.delete("/").status_code == 204
-        assert count_rows(engine, other_creds.app_id) == 0
+        assert count_tasks(engine, other_creds.app_id) == 0
     finally:
         other.http.close()
 

@@ -5,35 +5,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
-from ntq.apps import Credentials
-from tests.conftest import stack_env
 from tests.support.hook import HookServer
 from tests.support.procs import Api, RedisServer, Stack
-
-
-@pytest.fixture
-def lossy(clean: None, migrated: str, private_redis: RedisServer,
-          tmp_path: Path) -> Iterator[Stack]:
-    """ntq's processes on a Redis of the test's own, which it may flush or stop."""
-    running = Stack(stack_env(migrated, private_redis.url), tmp_path)
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def lossy_api(lossy: Stack, creds: Credentials) -> Iterator[Api]:
-    lossy.web()
-    client = Api(lossy.url, creds.api_key)
-    yield client
-    client.http.close()
+from tests.support.tasks import statuses
 
 
 def enqueue(api: Api, url: str, count: int, **params: Any) -> list[str]:
@@ -43,12 +22,6 @@ def enqueue(api: Api, url: str, count: int, **params: Any) -> list[str]:
         assert response.status_code == 201, response.text
         ids.append(response.json()["id"])
     return ids
-
-
-def statuses(engine: Engine) -> dict[str, Any]:
-    with engine.begin() as conn:
-        return dict(conn.execute(text("SELECT status, count(*) FROM tasks GROUP BY status"))
-                    .tuples().all())
 
 
 def assert_all_delivered_once(hook: HookServer, path: str, ids: list[str], engine: Engine,
@@ -64,54 +37,56 @@ def assert_all_delivered_once(hook: HookServer, path: str, ids: list[str], engin
     assert statuses(engine) == {"COMPLETED": len(ids)}
 
 
-def test_flushed_redis_loses_no_task(lossy_api: Api, lossy: Stack, hook: HookServer,
-                                     private_redis: RedisServer, engine: Engine) -> None:
+def test_flushed_redis_loses_no_task(
+        private_api: Api, private_stack: Stack, hook: HookServer,
+        private_redis: RedisServer, engine: Engine) -> None:
     url = hook.script("/flushed")
-    ids = enqueue(lossy_api, url, 40)  # no worker yet: every hint waits in Redis
-    ids += enqueue(lossy_api, url, 5, delay=0.5)  # and these wait in its schedule
+    ids = enqueue(private_api, url, 40)  # no worker yet: every hint waits in Redis
+    ids += enqueue(private_api, url, 5, delay=0.5)  # and these wait in its schedule
     server = redis.Redis.from_url(private_redis.url)
     assert server.dbsize() > 0
     server.flushall()
     assert server.dbsize() == 0
 
-    lossy.worker()
-    lossy.requeue()
-    assert_all_delivered_once(hook, "/flushed", ids, engine, lossy)
+    private_stack.worker()
+    private_stack.requeue()
+    assert_all_delivered_once(hook, "/flushed", ids, engine, private_stack)
 
 
 def test_enqueue_survives_a_stopped_redis_and_delivery_resumes(
-        lossy_api: Api, lossy: Stack, hook: HookServer, private_redis: RedisServer,
+        private_api: Api, private_stack: Stack, hook: HookServer, private_redis: RedisServer,
         engine: Engine) -> None:
-    worker = lossy.worker()
-    requeue = lossy.requeue()
+    worker = private_stack.worker()
+    requeue = private_stack.requeue()
     url = hook.script("/outage")
-    ids = enqueue(lossy_api, url, 1)
+    ids = enqueue(private_api, url, 1)
     assert len(hook.wait_for(1, "/outage", timeout=15)) == 1
 
     private_redis.stop()
-    ids += enqueue(lossy_api, url, 20)  # PostgreSQL has them: 201, Redis or not
-    ids += enqueue(lossy_api, url, 2, delay=0.5)
+    ids += enqueue(private_api, url, 20)  # PostgreSQL has them: 201, Redis or not
+    ids += enqueue(private_api, url, 2, delay=0.5)
     time.sleep(1.5)  # let the worker and the poller run into the outage
     private_redis.start()  # same port, empty
 
-    assert_all_delivered_once(hook, "/outage", ids, engine, lossy)
+    assert_all_delivered_once(hook, "/outage", ids, engine, private_stack)
     assert worker.alive, "the worker died during the Redis outage"
     assert requeue.alive, "the requeue poller died during the Redis outage"
 
 
-def test_a_scheduled_retry_survives_a_flush(lossy_api: Api, lossy: Stack, hook: HookServer,
-                                            private_redis: RedisServer) -> None:
-    lossy.worker()
-    lossy.requeue()
+def test_a_scheduled_retry_survives_a_flush(
+        private_api: Api, private_stack: Stack, hook: HookServer,
+        private_redis: RedisServer) -> None:
+    private_stack.worker()
+    private_stack.requeue()
     url = hook.script("/again", {"status": 503, "headers": {"Retry-After": "2"}},
                       {"status": 200})
-    (task_id,) = enqueue(lossy_api, url, 1)
+    (task_id,) = enqueue(private_api, url, 1)
     hook.wait_for(1, "/again", timeout=15)
     deadline = time.monotonic() + 5
-    while lossy_api.task(task_id)["last_status_code"] != 503 and time.monotonic() < deadline:
+    while private_api.task(task_id)["last_status_code"] != 503 and time.monotonic() < deadline:
         time.sleep(0.05)
     redis.Redis.from_url(private_redis.url).flushall()  # the retry's wake-up is gone
 
     assert len(hook.wait_for(2, "/again", timeout=20)) == 2
-    task = lossy_api.wait_status(task_id, "COMPLETED", "FAILED", timeout=10)
+    task = private_api.wait_status(task_id, "COMPLETED", "FAILED", timeout=10)
     assert (task["status"], task["retry_count"]) == ("COMPLETED", 2)

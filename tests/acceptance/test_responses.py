@@ -6,53 +6,18 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
-from typing import Any
 
-import pytest
-import redis
 import requests
-from sqlalchemy import Engine, text
 
-from ntq import apps
-from tests.conftest import TABLES, stack_env
+from tests.conftest import app_api, module_stack
 from tests.support.hook import HookServer
-from tests.support.procs import Api, Stack
+from tests.support.procs import Api
+from tests.support.tasks import TERMINAL, enqueue
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 BINARY = bytes(range(256)) * 4 + b"\xff\xfe\x00"
 
-
-@pytest.fixture(scope="module")
-def stack(migrated: str, redis_url: str, engine: Engine,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One web and one worker for the module; each test has an application of its own."""
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
-    redis.Redis.from_url(redis_url).flushdb()
-    running = Stack(stack_env(migrated, redis_url), tmp_path_factory.mktemp("responses"))
-    try:
-        running.web()
-        running.worker()
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def api(stack: Stack, engine: Engine) -> Iterator[Api]:
-    with engine.begin() as conn:
-        creds = apps.create(conn, f"responses-{time.monotonic_ns()}")
-    client = Api(stack.url, creds.api_key)
-    yield client
-    client.http.close()
-
-
-def enqueue(api: Api, url: str, **params: Any) -> str:
-    response = api.enqueue(url, b"question", "text/plain", **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
+stack = module_stack()  # one web and one worker for the module
+api = app_api  # each test has an application of its own
 
 
 def links(response: requests.Response) -> dict[str, str]:

@@ -6,36 +6,17 @@ waits ~0.2 s after the first failure and ~0.4 s after the second (+/- 10 % jitte
 
 from __future__ import annotations
 
-import itertools
 import re
 import select
 import socket
 import threading
 import time
-from typing import Any
 
-from tests.support.hook import HookServer, Received
+from tests.support.hook import HookServer, gaps
 from tests.support.procs import Api, Stack, free_port
+from tests.support.tasks import enqueue, finished
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 TIMED_OUT = re.compile(r"time(d)?[ _-]?out", re.IGNORECASE)
-
-
-def enqueue(api: Api, url: str, **params: Any) -> str:
-    response = api.enqueue(url, b"payload", "text/plain", **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
-
-
-def finished(api: Api, task_id: str, timeout: float = 30) -> dict[str, Any]:
-    task = api.wait_status(task_id, *TERMINAL, timeout=timeout)
-    assert task["status"] in TERMINAL, f"still {task['status']} after {timeout} s: {task}"
-    return task
-
-
-def gaps(received: list[Received]) -> list[float]:
-    return [b.at - a.at for a, b in itertools.pairwise(received)]
 
 
 def quiet_period(seconds: float = 1.2) -> None:

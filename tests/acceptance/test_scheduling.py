@@ -10,68 +10,19 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from itertools import pairwise
-from typing import Any
 
-import pytest
-import redis
 import requests
 from sqlalchemy import Engine, text
 
-from ntq import apps
 from ntq.apps import Credentials
-from tests.conftest import TABLES, stack_env
-from tests.support.hook import HookServer, Received
+from tests.conftest import app_api, module_stack
+from tests.support.hook import HookServer, gaps
 from tests.support.procs import Api, Stack
+from tests.support.tasks import TERMINAL, enqueue, new_app
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
-
-
-@pytest.fixture(scope="module")
-def stack(migrated: str, redis_url: str, engine: Engine,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One web and one worker for the module; each test has applications of its own."""
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
-    redis.Redis.from_url(redis_url).flushdb()
-    running = Stack(stack_env(migrated, redis_url), tmp_path_factory.mktemp("scheduling"))
-    try:
-        running.web()
-        running.worker()
-        yield running
-    finally:
-        running.stop()
-
-
-def new_app(stack: Stack, engine: Engine, name: str) -> tuple[Api, Credentials]:
-    with engine.begin() as conn:
-        creds = apps.create(conn, f"{name}-{uuid.uuid4().hex[:8]}")
-    return Api(stack.url, creds.api_key), creds
-
-
-@pytest.fixture
-def app(stack: Stack, engine: Engine) -> Iterator[tuple[Api, Credentials]]:
-    client, creds = new_app(stack, engine, "scheduling")
-    yield client, creds
-    client.http.close()
-
-
-@pytest.fixture
-def api(app: tuple[Api, Credentials]) -> Api:
-    return app[0]
-
-
-def enqueue(api: Api, url: str, **params: Any) -> str:
-    response = api.enqueue(url, b"x", "text/plain", **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
-
-
-def gaps(received: list[Received]) -> list[float]:
-    return [b.at - a.at for a, b in pairwise(received)]
+stack = module_stack()  # one web and one worker for the module
+api = app_api  # each test has applications of its own
 
 
 def test_delayed_tasks_are_not_attempted_early_and_then_promptly(

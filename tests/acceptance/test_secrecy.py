@@ -18,25 +18,11 @@ from ntq import apps
 from ntq.apps import Credentials
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Stack, free_port
-
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+from tests.support.tasks import enqueue, finished
 
 
 def marker(kind: str) -> str:
     return f"{kind}-marker-{uuid.uuid4().hex}"
-
-
-def enqueue(api: Api, url: str, body: bytes, **kwargs: Any) -> str:
-    response = api.enqueue(url, body, "text/plain", **kwargs)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
-
-
-def finished(api: Api, task_id: str, *statuses: str) -> dict[str, Any]:
-    task = api.wait_status(task_id, *statuses)
-    assert task["status"] in statuses, task
-    return task
 
 
 def raw_request(port: int, request: bytes) -> bytes:

@@ -23,7 +23,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +30,6 @@ import redis
 from sqlalchemy import Engine, text
 
 from ntq.apps import Credentials
-from tests.conftest import stack_env
 from tests.support.procs import Api, Proc, RedisServer, Stack
 
 TASKS = int(os.environ.get("NTQ_SOAK_TASKS", "20000"))
@@ -194,14 +192,6 @@ class Killer(threading.Thread):
 
 # --- the test ------------------------------------------------------------------------------
 
-@pytest.fixture
-def soak_stack(clean: None, migrated: str, private_redis: RedisServer,
-               tmp_path: Path) -> Iterator[Stack]:
-    running = Stack(stack_env(migrated, private_redis.url), tmp_path)
-    yield running
-    running.stop()
-
-
 def enqueue_all(api: Api, url: str, count: int, on_half: Any) -> list[str]:
     ids: list[str] = []
     for start in range(0, count, BATCH):
@@ -223,13 +213,13 @@ def pending_count(engine: Engine) -> int:
 
 
 def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
-        soak_stack: Stack, creds: Credentials, private_redis: RedisServer,
+        private_stack: Stack, creds: Credentials, private_redis: RedisServer,
         soak_hook: SoakHook, engine: Engine) -> None:
     began = time.monotonic()
     context = f"(NTQ_SOAK_SEED={SEED}, NTQ_SOAK_TASKS={TASKS})"
-    soak_stack.web()
-    soak_stack.requeue()
-    api = Api(soak_stack.url, creds.api_key)
+    private_stack.web()
+    private_stack.requeue()
+    api = Api(private_stack.url, creds.api_key)
     client = redis.Redis.from_url(private_redis.url)
     flushed: dict[str, int] = {}
 
@@ -238,7 +228,7 @@ def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
         flushed["scheduled"] = int(client.zcard("ntq:scheduled"))
         client.flushall()
 
-    killer = Killer(soak_stack, SEED + 1)
+    killer = Killer(private_stack, SEED + 1)
     killer.start()
     try:
         ids = enqueue_all(api, soak_hook.url, TASKS, flush)

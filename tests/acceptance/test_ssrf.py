@@ -9,51 +9,16 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.conftest import stack_env
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Stack, free_port
+from tests.support.tasks import enqueue
 
 ALLOW_ONLY_127_0_0_2 = "127.0.0.2/32"
-
-
-class HookOn(HookServer):
-    """The shared hook receiver, bound to another loopback address."""
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        super().__init__()
-
-    def server_bind(self) -> None:
-        self.server_address = (self.host, 0)
-        super().server_bind()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.server_address[1]}"
-
-
-@pytest.fixture
-def hook2() -> Iterator[HookOn]:
-    server = HookOn("127.0.0.2")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def enqueue(api: Api, url: str, **params: Any) -> str:
-    response = api.enqueue(url, b"payload", "text/plain", **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
 
 
 def assert_refused_task(api: Api, task_id: str) -> dict[str, Any]:
@@ -104,7 +69,7 @@ def test_every_non_public_host_is_refused_at_connect_time(
 
 
 def test_redirect_to_a_private_host_is_refused(
-        api: Api, stack: Stack, hook: HookServer, hook2: HookOn) -> None:
+        api: Api, stack: Stack, hook: HookServer, hook2: HookServer) -> None:
     stack.worker(NTQ_ALLOW_PRIVATE_NETWORKS=ALLOW_ONLY_127_0_0_2)
     internal = hook.script("/internal")
     hook2.script("/redirect", {"status": 302, "headers": {"Location": internal}})
@@ -120,7 +85,7 @@ def test_redirect_to_a_private_host_is_refused(
 
 
 def test_callback_to_a_private_address_is_refused(
-        api: Api, stack: Stack, hook: HookServer, hook2: HookOn) -> None:
+        api: Api, stack: Stack, hook: HookServer, hook2: HookServer) -> None:
     stack.worker(NTQ_ALLOW_PRIVATE_NETWORKS=ALLOW_ONLY_127_0_0_2)
     private_callback = hook.script("/callback")
     task_id = enqueue(api, hook2.script("/work"), callback=private_callback)

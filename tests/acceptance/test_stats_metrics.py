@@ -15,8 +15,8 @@ from ntq import apps
 from ntq.apps import Credentials
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Stack
+from tests.support.tasks import TERMINAL, enqueue
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
@@ -39,13 +39,6 @@ def stats(api: Api) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()
     return data
-
-
-def enqueue(api: Api, url: str, **params: Any) -> str:
-    response = api.enqueue(url, b"x", "text/plain", **params)
-    assert response.status_code == 201, response.text
-    task_id: str = response.json()["id"]
-    return task_id
 
 
 def attempts_total(sample: dict[str, float], outcome: str) -> float:

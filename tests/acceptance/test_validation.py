@@ -8,7 +8,6 @@ with a small NTQ_MAX_BODY_BYTES so the 413 needs no megabytes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ from sqlalchemy import Engine, text
 
 from ntq import apps
 from ntq.apps import Credentials
-from tests.conftest import TABLES, stack_env
+from tests.conftest import module_stack
 from tests.support.procs import Stack
 
 BODY_LIMIT = 4096
@@ -50,20 +49,15 @@ class Service:
                                 **kwargs)
 
 
+stack = module_stack(worker=False, NTQ_MAX_BODY_BYTES=str(BODY_LIMIT))
+
+
 @pytest.fixture(scope="module")
-def service(engine: Engine, migrated: str, redis_url: str,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(stack: Stack, engine: Engine) -> Service:
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
         mine = apps.create(conn, "validation-app")
         other = apps.create(conn, "someone-else")
-    stack = Stack(stack_env(migrated, redis_url, NTQ_MAX_BODY_BYTES=str(BODY_LIMIT)),
-                  tmp_path_factory.mktemp("validation"))
-    try:
-        stack.web()
-        yield Service(stack.url, mine, other, engine)
-    finally:
-        stack.stop()
+    return Service(stack.url, mine, other, engine)
 
 
 def assert_error(response: requests.Response, status: int | tuple[int, ...]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 from typing import Any
 
 
@@ -36,8 +37,9 @@ class HookServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        super().__init__((host, 0), _Handler)
         self.received: list[Received] = []
         self.scripts: dict[str, Script] = defaultdict(Script)
         self.lock = threading.Condition()
@@ -45,7 +47,7 @@ class HookServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{self.host}:{self.server_address[1]}"
 
     def script(self, path: str, *steps: dict[str, Any]) -> str:
         """Answer ``path`` with ``steps`` in turn (the last repeats); return its URL."""
@@ -115,7 +117,13 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
 
-def start_hook() -> HookServer:
-    server = HookServer()
+def start_hook(host: str = "127.0.0.1") -> HookServer:
+    """A hook receiver serving on ``host`` (any loopback address), on a free port."""
+    server = HookServer(host)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def gaps(received: list[Received]) -> list[float]:
+    """Seconds between one request and the next."""
+    return [b.at - a.at for a, b in pairwise(received)]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from ntq import delivery, urlsafety
 from ntq.config import load_settings
 from ntq.urlsafety import AddressPolicy, UnsafeURL, check_url
-from tests.support.hook import HookServer, start_hook
+from tests.support.hook import HookServer
 
 # ---------------------------------------------------------------------------------------
 # check_url: syntax only (addresses are checked when connecting)
@@ -129,39 +127,7 @@ def test_guard_is_on_by_default_and_describes_itself() -> None:
 
 # ---------------------------------------------------------------------------------------
 # The guarded session the worker delivers with: refusals happen at connect time
-
-
-class HookOn(HookServer):
-    """The shared hook receiver, bound to another loopback address."""
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        super().__init__()
-
-    def server_bind(self) -> None:
-        self.server_address = (self.host, 0)
-        super().server_bind()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.server_address[1]}"
-
-
-@pytest.fixture
-def hook() -> Iterator[HookServer]:
-    server = start_hook()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def hook2() -> Iterator[HookOn]:
-    server = HookOn("127.0.0.2")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+# (``hook`` and ``hook2``, on 127.0.0.2, are the suite's hook receivers: tests/conftest.py)
 
 
 def session(allow: str = "false") -> Any:
@@ -203,7 +169,7 @@ def test_refusal_is_final_not_retried() -> None:
     assert delivery.classify(task, result, settings).outcome == "fail"
 
 
-def test_allow_list_opens_exactly_the_listed_address(hook: HookServer, hook2: HookOn) -> None:
+def test_allow_list_opens_exactly_the_listed_address(hook: HookServer, hook2: HookServer) -> None:
     assert get(hook2.url + "/ok", allow="127.0.0.2/32").status_code == 200
     assert len(hook2.requests("/ok")) == 1
     assert_refused(get(hook.url + "/ok", allow="127.0.0.2/32"))
@@ -211,7 +177,7 @@ def test_allow_list_opens_exactly_the_listed_address(hook: HookServer, hook2: Ho
     assert get(hook.url + "/ok", allow="true").status_code == 200
 
 
-def test_redirect_to_a_private_host_is_refused(hook: HookServer, hook2: HookOn) -> None:
+def test_redirect_to_a_private_host_is_refused(hook: HookServer, hook2: HookServer) -> None:
     target = hook.script("/internal")
     hook2.script("/redirect", {"status": 302, "headers": {"Location": target}})
     result = get(hook2.url + "/redirect", allow="127.0.0.2/32")
@@ -221,7 +187,7 @@ def test_redirect_to_a_private_host_is_refused(hook: HookServer, hook2: HookOn) 
 
 
 def test_environment_proxy_cannot_bypass_the_guard(
-        hook2: HookOn, monkeypatch: pytest.MonkeyPatch) -> None:
+        hook2: HookServer, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, hook2.url)
     monkeypatch.delenv("NO_PROXY", raising=False)
