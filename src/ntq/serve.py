@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ def serve(settings: Settings, host: str) -> int:
     stop = _stop_flag()
     for child in children:
         _start(child, env)
+    _wait_until_listening(host, settings.port, stop)
     print(f"ntq is serving on http://{host}:{settings.port}/ "
           f"({AddressPolicy.from_settings(settings).describe()}). Ctrl-C stops.", flush=True)
     while not stop:
@@ -53,6 +55,18 @@ def serve(settings: Settings, host: str) -> int:
                       file=sys.stderr, flush=True)
                 _start(child, env)
     return _stop_all(children)
+
+
+def _wait_until_listening(host: str, port: int, stop: list[int]) -> None:
+    """Return once the web answers (so the printed URL works), or after 60 s."""
+    address = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    deadline = time.monotonic() + 60
+    while not stop and time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
 
 
 def _stop_flag() -> list[int]:
