@@ -77,6 +77,12 @@ def cmd_apps(args: argparse.Namespace) -> int:
     return run(_settings(), args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ntq.bench import run
+
+    return run(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ntq", description="ntq: a durable webhook task queue.",
@@ -108,7 +114,16 @@ def _parser() -> argparse.ArgumentParser:
                    ).set_defaults(handler=cmd_requeue)
     sub.add_parser("migrate", help="alembic upgrade head").set_defaults(handler=cmd_migrate)
     _apps_parser(sub)
+    _bench_parser(sub)
     return parser
+
+
+def _bench_parser(sub: Any) -> None:
+    from ntq.bench import add_options
+
+    bench = sub.add_parser("bench", help="measure throughput, latency and memory of the stack")
+    add_options(bench)
+    bench.set_defaults(handler=cmd_bench)
 
 
 def _web_options(parser: argparse.ArgumentParser) -> None:

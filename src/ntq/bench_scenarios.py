@@ -1,0 +1,271 @@
+"""The benchmark's scenarios. Each drives the stack with the load generator, waits for
+the hook receiver to see what it should, and returns its figures as a JSON-ready dict."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ntq.bench_load import percentiles
+from ntq.bench_procs import LoadRun, http_json, peak_rss_mb
+from ntq.bench_report import Progress
+from ntq.bench_stack import Stack
+
+POLL = 0.25
+HOOK_SLEEP = 1.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much load each scenario sends (see ``ntq bench --help``)."""
+
+    tasks: int
+    concurrency: int
+    rate: float
+    duration: float
+    batch: int
+    sleepers: int
+    worker_concurrency: int
+    stall_timeout: float
+
+
+@dataclass
+class Outcome:
+    """What one load run produced: the generator's figures, the receiver's, and CPU."""
+
+    load: dict[str, Any]
+    cpu: dict[str, float]
+    complete: bool
+
+
+class Bench:
+    """Runs the scenarios against a started :class:`Stack`."""
+
+    def __init__(self, stack: Stack, sizes: Sizes, progress: Progress,
+                 profile_dir: Path | None = None) -> None:
+        self.stack, self.sizes, self.progress = stack, sizes, progress
+        self.profile_dir = profile_dir
+
+    def _job(self, run: str, count: int, **extra: Any) -> dict[str, Any]:
+        hook = extra.pop("hook", None) or self.stack.hook("hook", run)
+        return {"port": self.stack.port, "key": self.stack.api_key, "hook": hook,
+                "count": count, "connections": self.sizes.concurrency, **extra}
+
+    def _seen(self, run: str, latencies: bool = False) -> dict[str, Any]:
+        path = f"/_stats/{run}" + ("?latencies=1" if latencies else "")
+        seen: dict[str, Any] = http_json(self.stack.receiver_port, path)
+        return seen
+
+    def _drive(self, label: str, job: dict[str, Any], delivered: Callable[[], int] | None,
+               finished: Callable[[], bool] | None = None) -> Outcome:
+        """Run the generator with ``job``; with ``delivered``, also wait until every task
+        it enqueued has been delivered (and ``finished`` holds), or progress stalls."""
+        meter = self.stack.meter()
+        meter.start()
+        load = LoadRun(job, self.stack.env, self.stack.workdir / "generator.log")
+        try:
+            complete = self._wait(label, job["count"], load, delivered, finished)
+        finally:
+            if not load.done:  # interrupted
+                load.child.stop()
+        cpu = meter.read()
+        result = load.wait()
+        cpu["generator"] = result["cpu_percent"]
+        cpu["others"] = _others(cpu)
+        self.stack.note_memory()
+        return Outcome(result, cpu, complete)
+
+    def _wait(self, label: str, total: int, load: LoadRun,
+              delivered: Callable[[], int] | None, finished: Callable[[], bool] | None) -> bool:
+        """Show progress until the load is sent (and delivered); False if it stalled."""
+        got, last_change = -1, time.monotonic()
+        while True:
+            self.stack.check_alive()
+            now_got = delivered() if delivered is not None else 0
+            if now_got != got:
+                got, last_change = now_got, time.monotonic()
+            self.progress.show(label, total, load.tasks, got if delivered else None)
+            if load.done and (delivered is None or now_got >= load.tasks) and (
+                    finished is None or finished()):
+                return True
+            if load.done and time.monotonic() - last_change > self.sizes.stall_timeout:
+                return False
+            time.sleep(POLL)
+
+    def _delivered(self, run: str) -> Callable[[], int]:
+        return lambda: int(self._seen(run)["unique"])
+
+    # -- scenarios -------------------------------------------------------------------
+
+    def enqueue(self) -> dict[str, Any]:
+        """``POST /`` throughput, worker stopped: the web and PostgreSQL alone."""
+        self.stack.stop_delivery()
+        warmup = min(1000, max(100, self.sizes.tasks // 10))
+        self._drive("warm-up", self._job("warmup", warmup), None)
+        with self._profiling("enqueue"):
+            out = self._drive("enqueue", self._job("enqueue", self.sizes.tasks), None)
+        self.stack.clear()
+        return _throughput(out, self.sizes.concurrency)
+
+    def batch(self) -> dict[str, Any]:
+        """``POST /tasks`` throughput with arrays of ``batch`` tasks, worker stopped."""
+        self.stack.stop_delivery()
+        status = self._probe_batch()
+        if status != 201:
+            return {"available": False, "reason": f"POST /tasks answered {status}"}
+        job = self._job("batch", self.sizes.tasks, batch=self.sizes.batch)
+        with self._profiling("batch"):
+            out = self._drive("batch enqueue", job, None)
+        self.stack.clear()
+        return {"available": True, "batch": self.sizes.batch,
+                **_throughput(out, self.sizes.concurrency)}
+
+    def _probe_batch(self) -> int:
+        body = orjson.dumps([{"url": self.stack.hook("hook", "probe"), "body": "{}"}])
+        conn = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=10)
+        try:
+            conn.request("POST", "/tasks", body, {
+                "Authorization": f"Bearer {self.stack.api_key}",
+                "Content-Type": "application/json"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def end_to_end(self) -> dict[str, Any]:
+        """N tasks from the first enqueue until the receiver has seen every one."""
+        self.stack.start_delivery(self.sizes.worker_concurrency)
+        with self._profiling("end_to_end"):
+            out = self._drive("end-to-end", self._job("e2e", self.sizes.tasks),
+                              self._delivered("e2e"))
+        seen = self._seen("e2e")
+        seconds = max(seen["last"] - out.load["first_send"], 1e-6)
+        self.stack.clear()
+        return {
+            "tasks": seen["unique"], "enqueued": out.load["tasks"],
+            "seconds": round(seconds, 3), "tasks_per_s": round(seen["unique"] / seconds, 1),
+            "enqueue_per_s": _rate(out.load), "duplicates": seen["duplicates"],
+            "complete": out.complete and seen["unique"] >= out.load["tasks"],
+            "worker_concurrency": self.sizes.worker_concurrency, "cpu": out.cpu,
+        }
+
+    def latency(self) -> dict[str, Any]:
+        """Enqueue-to-receipt latency at a fixed offered rate (open loop)."""
+        if "worker" not in self.stack.children:
+            self.stack.start_delivery(self.sizes.worker_concurrency)
+        count = max(1, int(self.sizes.rate * self.sizes.duration))
+        job = self._job("latency", count, rate=self.sizes.rate)
+        with self._profiling("latency"):
+            out = self._drive(f"latency @{self.sizes.rate:g}/s", job, self._delivered("latency"))
+        seen = self._seen("latency", latencies=True)
+        quantiles = percentiles(seen["latencies_ms"])
+        self.stack.clear()
+        return {
+            "rate": self.sizes.rate, "tasks": seen["unique"], "achieved_rate": _rate(out.load),
+            "p50_ms": quantiles["p50"], "p95_ms": quantiles["p95"], "p99_ms": quantiles["p99"],
+            "max_ms": quantiles["max"], "complete": out.complete, "cpu": out.cpu,
+        }
+
+    def concurrency(self) -> dict[str, Any]:
+        """``sleepers`` tasks whose hook sleeps 1 s, through one worker process."""
+        slots = max(self.sizes.sleepers, self.sizes.worker_concurrency)
+        self.stack.start_delivery(slots)
+        hook = self.stack.hook("sleep", "sleep", f"?s={HOOK_SLEEP:g}")
+        # Arrays when the API takes them, so that the enqueue takes little of the time.
+        batch = self.sizes.batch if self._probe_batch() == 201 else 0
+        job = self._job("sleep", self.sizes.sleepers, hook=hook, batch=batch)
+        with self._profiling("concurrency"):
+            out = self._drive("concurrency", job, self._delivered("sleep"),
+                              lambda: self._seen("sleep")["in_flight"] == 0)
+        seen = self._seen("sleep")
+        worker_rss = max(map(peak_rss_mb, self.stack.children["worker"].pids()), default=0.0)
+        self.stack.stop_delivery()
+        self.stack.clear()
+        return {
+            "tasks": seen["unique"], "hook_seconds": HOOK_SLEEP, "worker_concurrency": slots,
+            "seconds": round(seen["last_finish"] - out.load["first_send"], 3),
+            "enqueue_seconds": round(out.load["last_done"] - out.load["first_send"], 3),
+            "enqueued_in_batches_of": batch,
+            "peak_in_flight": seen["peak_in_flight"], "complete": out.complete,
+            "worker_peak_rss_mb": round(worker_rss, 1), "cpu": out.cpu,
+        }
+
+    @contextlib.contextmanager
+    def _profiling(self, scenario: str) -> Iterator[None]:
+        """With a profile directory, record the web's and the worker's stacks (py-spy)."""
+        spies = [self._spy(scenario, name) for name in ("web", "worker")
+                 if self.profile_dir is not None and name in self.stack.children]
+        try:
+            yield
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
+
+    def _spy(self, scenario: str, name: str) -> subprocess.Popen[bytes]:
+        assert self.profile_dir is not None
+        spy = shutil.which("py-spy") or shutil.which("py-spy", path=Path(sys.executable).parent)
+        if spy is None:
+            raise RuntimeError("--profile needs py-spy (pip install py-spy)")
+        out = self.profile_dir / f"{scenario}-{name}.txt"
+        return subprocess.Popen(
+            [spy, "record", "--pid", str(self.stack.children[name].pid), "--subprocesses",
+             "--format", "raw", "--rate", "200", "--nonblocking", "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _others(cpu: dict[str, float]) -> float:
+    """CPU used by processes outside the benchmark (other work on a shared machine)."""
+    ours = sum(value for name, value in cpu.items() if name != "machine")
+    return round(max(0.0, cpu["machine"] * (os.cpu_count() or 1) - ours), 1)
+
+
+def _rate(load: dict[str, Any]) -> float:
+    seconds = load["last_done"] - load["first_send"]
+    return round(load["tasks"] / seconds, 1) if seconds > 0 else 0.0
+
+
+def _throughput(out: Outcome, connections: int) -> dict[str, Any]:
+    load = out.load
+    return {
+        "tasks": load["tasks"], "connections": connections,
+        "seconds": round(load["last_done"] - load["first_send"], 3),
+        "tasks_per_s": _rate(load), "errors": load["errors"],
+        "request_ms": load["request_ms"], "cpu": out.cpu,
+    }
+
+
+SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "enqueue": Bench.enqueue,
+    "batch": Bench.batch,
+    "end_to_end": Bench.end_to_end,
+    "latency": Bench.latency,
+    "concurrency": Bench.concurrency,
+}
+
+
+def run_all(stack: Stack, sizes: Sizes, names: list[str], progress: Progress,
+            profile_dir: Path | None) -> dict[str, Any]:
+    """Start the stack, run the named scenarios in order, stop everything."""
+    bench = Bench(stack, sizes, progress, profile_dir)
+    results: dict[str, Any] = {"sizes": asdict(sizes)}
+    try:
+        stack.start()
+        for name in names:
+            results[name] = SCENARIOS[name](bench)
+            progress.finish(name, results[name])
+    finally:
+        stack.stop()
+    results["memory"] = stack.memory.as_dict()
+    return results
