@@ -41,7 +41,9 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10) -> Engine
         normalize_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        # No ping per checkout (a round trip each): a connection found dead fails its
+        # statement once, and SQLAlchemy then invalidates the whole pool.
+        pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "ntq"},
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import redis
 import structlog
@@ -42,6 +43,18 @@ Id = uuid.UUID | str
 
 # Longest server-side wait ntq asks of a blocking client (BLPOP's timeout).
 BLOCKING_WAIT = 1
+
+
+@dataclass(frozen=True)
+class Attempted:
+    """One recorded attempt, as the workers announce it."""
+
+    task_id: Id
+    outcome: str
+    elapsed_ms: int
+    status: str | None = None
+    retry_at: float | None = None
+    callback_id: Id | None = None
 
 
 def client(url: str, *, blocking: bool = False) -> redis.Redis:
@@ -102,18 +115,19 @@ class Notifier:
         pipe.zadd(self.settings.scheduled_key, {str(task_id): when})
         return self._run("schedule", pipe)
 
-    def attempted(self, task_id: Id, outcome: str, elapsed_ms: int, status: str | None,
-                  retry_at: float | None = None, callback_id: Id | None = None) -> None:
-        """After an attempt's outcome committed: count it, schedule the retry, wake the
-        callback's delivery, announce a terminal state to long-polling readers."""
+    def attempted(self, events: Iterable[Attempted]) -> None:
+        """After attempts' outcomes committed: count them, schedule retries, wake
+        callbacks' deliveries, announce terminal states to long-polling readers."""
         pipe = self.redis.pipeline(transaction=False)
-        metrics.count_attempt(pipe, self.settings.metrics_key, outcome, elapsed_ms)
-        if retry_at is not None:
-            pipe.zadd(self.settings.scheduled_key, {str(task_id): retry_at})
-        if callback_id is not None:
-            self._wake_callback(pipe, callback_id)
-        if status is not None and status != "PENDING":
-            self._finished(pipe, task_id, status)
+        for event in events:
+            metrics.count_attempt(pipe, self.settings.metrics_key, event.outcome,
+                                  event.elapsed_ms)
+            if event.retry_at is not None:
+                pipe.zadd(self.settings.scheduled_key, {str(event.task_id): event.retry_at})
+            if event.callback_id is not None:
+                self._wake_callback(pipe, event.callback_id)
+            if event.status is not None and event.status != "PENDING":
+                self._finished(pipe, event.task_id, event.status)
         self._run("attempted", pipe)
 
     def _wake_callback(self, pipe: redis.client.Pipeline, callback_id: Id) -> None:

@@ -18,9 +18,8 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     CursorResult,
-    LargeBinary,
+    Float,
     Table,
-    Uuid,
     bindparam,
     case,
     delete,
@@ -31,7 +30,6 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -62,23 +60,33 @@ def seconds(value: Any) -> ColumnElement[Any]:
     return interval
 
 
-def _due(new: NewTask) -> Any:
-    if new.not_before is not None:
-        return new.not_before
-    if new.delay:
-        return func.now() + seconds(new.delay)
-    return func.now()
-
-
-def _values(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
+def _params(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
     return {
         "id": uuid7(), "app_id": app_id, "status": PENDING, "url": new.url,
         "method": new.method, "headers": new.headers, "body": new.body,
-        "content_type": new.content_type, "timeout": new.timeout, "due": _due(new),
+        "content_type": new.content_type, "timeout": new.timeout,
+        "not_before": new.not_before, "delay": float(new.delay),
         "retry_count": 0, "max_retries": new.max_retries, "backoff": new.backoff,
         "callback": new.callback, "idempotency_key": new.idempotency_key,
         "callback_of": new.callback_of, "cancel_notice": False,
     }
+
+
+# Built once: the hot path binds parameters instead of building and hashing a statement
+# per request. ``due`` comes from the database clock (now + delay) unless not_before is set.
+_INSERT = pg_insert(tasks).values({
+    **{name: bindparam(name, type_=tasks.c[name].type) for name in (
+        "id", "app_id", "status", "url", "method", "headers", "body", "content_type",
+        "timeout", "retry_count", "max_retries", "backoff", "callback", "idempotency_key",
+        "callback_of", "cancel_notice")},
+    "due": func.coalesce(bindparam("not_before", type_=tasks.c.due.type),
+                         func.now() + seconds(bindparam("delay", type_=Float))),
+})
+_INSERT_RETURNING = _INSERT.returning(*VIEW_COLUMNS)
+_INSERT_IDEMPOTENT = _INSERT.on_conflict_do_nothing(
+    index_elements=["app_id", "idempotency_key"],
+    index_where=tasks.c.idempotency_key.isnot(None),
+).returning(*VIEW_COLUMNS)
 
 
 def enqueue(db: Db, new: NewTask, app_id: uuid.UUID | None) -> tuple[TaskView, bool]:
@@ -88,13 +96,8 @@ def enqueue(db: Db, new: NewTask, app_id: uuid.UUID | None) -> tuple[TaskView, b
     returned instead (``False``), even when the duplicate arrives concurrently: the
     unique index makes the second insert wait for the first and then do nothing.
     """
-    stmt = pg_insert(tasks).values(_values(new, app_id))
-    if new.idempotency_key is not None:
-        stmt = stmt.on_conflict_do_nothing(
-            index_elements=["app_id", "idempotency_key"],
-            index_where=tasks.c.idempotency_key.isnot(None),
-        )
-    row = db.execute(stmt.returning(*VIEW_COLUMNS)).first()
+    stmt = _INSERT_RETURNING if new.idempotency_key is None else _INSERT_IDEMPOTENT
+    row = db.execute(stmt, _params(new, app_id)).first()
     if row is not None:
         return TaskView.from_row(row), True
     existing = by_idempotency_key(db, app_id, new.idempotency_key or "")
@@ -105,13 +108,12 @@ def enqueue(db: Db, new: NewTask, app_id: uuid.UUID | None) -> tuple[TaskView, b
 
 def enqueue_many(db: Db, batch: Sequence[NewTask],
                  app_id: uuid.UUID | None) -> list[tuple[TaskView, bool]]:
-    """Insert a batch in one statement (one by one where idempotency keys need checks)."""
+    """Insert a batch in one round trip (one by one where idempotency keys need checks)."""
     if any(new.idempotency_key for new in batch):
         return [enqueue(db, new, app_id) for new in batch]
-    values = [_values(new, app_id) for new in batch]
-    rows = db.execute(pg_insert(tasks).values(values).returning(*VIEW_COLUMNS))
-    by_id = {row.id: TaskView.from_row(row) for row in rows}
-    return [(by_id[v["id"]], True) for v in values]  # RETURNING order is not guaranteed
+    params = [_params(new, app_id) for new in batch]
+    rows = db.execute(_INSERT.returning(*VIEW_COLUMNS, sort_by_parameter_order=True), params)
+    return [(TaskView.from_row(row), True) for row in rows]
 
 
 def by_idempotency_key(db: Db, app_id: uuid.UUID | None, key: str) -> TaskView | None:
@@ -162,33 +164,6 @@ def acquire(conn: Db, ids: Sequence[uuid.UUID]) -> list[Acquired]:
     return [Acquired.from_row(row) for row in conn.execute(stmt)]
 
 
-_INSERT_ATTEMPT = text(
-    """
-    INSERT INTO attempts (task_id, number, method, started, elapsed_ms, status_code, reason,
-                          headers, body, truncated, error, outcome)
-    SELECT :task_id, :number, :method, :started, :elapsed_ms, :status_code, :reason,
-           :headers, :body, :truncated, :error, :outcome
-    WHERE EXISTS (SELECT 1 FROM tasks WHERE id = :task_id)
-    """
-).bindparams(
-    bindparam("task_id", type_=Uuid),
-    bindparam("headers", type_=JSONB),
-    bindparam("body", type_=LargeBinary),
-)
-
-
-def record_attempt(conn: Db, task_id: uuid.UUID, number: int, result: AttemptResult,
-                   outcome: str) -> None:
-    """Store one HTTP call made for the task (nothing if the task was deleted meanwhile)."""
-    conn.execute(_INSERT_ATTEMPT, {
-        "task_id": task_id, "number": number, "method": result.method,
-        "started": result.started, "elapsed_ms": result.elapsed_ms,
-        "status_code": result.status_code, "reason": result.reason,
-        "headers": result.headers, "body": result.body, "truncated": result.truncated,
-        "error": result.error, "outcome": outcome,
-    })
-
-
 @dataclass(frozen=True)
 class Finished:
     """What a guarded write changed: the new status (None if stale), the callback task it
@@ -199,43 +174,116 @@ class Finished:
     outcome: str = ""
 
 
-def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) -> Finished:
-    """Apply the verdict, guarded by the attempt number, and record the attempt.
+Outcome = tuple[Acquired, AttemptResult, Verdict]
 
-    The status is None when the attempt was stale (the task was cancelled, deleted or
+
+def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) -> Finished:
+    """Apply one attempt's verdict: :func:`finish_many` for a single attempt."""
+    return finish_many(conn, [(task, result, verdict)])[0]
+
+
+def finish_many(conn: Db, outcomes: Sequence[Outcome]) -> list[Finished]:
+    """Apply verdicts, each guarded by its attempt number, and record the attempts: two
+    statements for the whole batch.
+
+    A status is None when the attempt was stale (the task was cancelled, deleted or
     re-acquired meanwhile): nothing changed, and the attempt is recorded as ``stale``.
     Reaching a terminal state with a ``callback`` creates the callback's delivery task in
     the same transaction.
     """
-    status = _apply(conn, task, result, verdict)
-    stale = status is None and verdict.outcome != "interrupted"
-    outcome = "stale" if stale else verdict.outcome
-    record_attempt(conn, task.id, task.retry_count, result, outcome)
-    if status is None or status == PENDING or not task.callback:
-        return Finished(status, outcome=outcome)
-    return Finished(status, add_callback(conn, task.id), outcome)
+    applied = _apply_many(conn, [o for o in outcomes if o[2].outcome != "interrupted"])
+    finished = [_finished(task, verdict, applied) for task, _, verdict in outcomes]
+    _record_many(conn, [(task, result, done.outcome)
+                        for (task, result, _), done in zip(outcomes, finished, strict=True)])
+    return [_with_callback(conn, task, done)
+            for (task, _, _), done in zip(outcomes, finished, strict=True)]
 
 
-def _apply(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) -> str | None:
-    if verdict.outcome == "interrupted":
-        return None
-    status = {"complete": COMPLETED, "fail": FAILED, "retry": PENDING}[verdict.outcome]
-    stmt = (
-        update(tasks)
-        .where(tasks.c.id == task.id, tasks.c.retry_count == task.retry_count,
-               tasks.c.status == PENDING)
-        .values(status=status, modified=func.now(), last_status_code=result.status_code,
-                last_error=verdict.error,
-                # a retry's wait; a finished task keeps no lease
-                due=func.now() + seconds(verdict.delay or 0))
-        .returning(tasks.c.id)
-    )
-    return status if conn.execute(stmt).first() else None
+_STATUS_OF = {"complete": COMPLETED, "fail": FAILED, "retry": PENDING}
+
+
+def _finished(task: Acquired, verdict: Verdict, applied: set[uuid.UUID]) -> Finished:
+    if task.id in applied:
+        return Finished(_STATUS_OF[verdict.outcome], outcome=verdict.outcome)
+    return Finished(None, outcome="interrupted" if verdict.outcome == "interrupted" else "stale")
+
+
+def _with_callback(conn: Db, task: Acquired, done: Finished) -> Finished:
+    if done.status in (None, PENDING) or not task.callback:
+        return done
+    return Finished(done.status, add_callback(conn, task.id), done.outcome)
+
+
+_APPLY_MANY = text(
+    """
+    UPDATE tasks AS t
+    SET status = v.status, modified = now(), last_status_code = v.code,
+        last_error = v.error, due = now() + v.delay * interval '1 second'
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:numbers AS integer[]),
+                CAST(:statuses AS text[]), CAST(:codes AS integer[]),
+                CAST(:errors AS text[]), CAST(:delays AS float8[]))
+         AS v(id, number, status, code, error, delay)
+    WHERE t.id = v.id AND t.retry_count = v.number AND t.status = 'PENDING'
+    RETURNING t.id
+    """
+)
+
+
+def _apply_many(conn: Db, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
+    """The guarded UPDATE for every verdict at once; returns the ids it applied to.
+    A finished task keeps no lease (``due`` is now); a retry's is its wait."""
+    if not outcomes:
+        return set()
+    rows = conn.execute(_APPLY_MANY, {
+        "ids": [str(task.id) for task, _, _ in outcomes],
+        "numbers": [task.retry_count for task, _, _ in outcomes],
+        "statuses": [_STATUS_OF[verdict.outcome] for _, _, verdict in outcomes],
+        "codes": [result.status_code for _, result, _ in outcomes],
+        "errors": [verdict.error for _, _, verdict in outcomes],
+        "delays": [float(verdict.delay or 0) for _, _, verdict in outcomes],
+    })
+    return {uuid.UUID(str(row[0])) for row in rows}
+
+
+_RECORD_MANY = text(
+    """
+    INSERT INTO attempts (task_id, number, method, started, elapsed_ms, status_code, reason,
+                          headers, body, truncated, error, outcome)
+    SELECT a.* FROM unnest(
+        CAST(:task_ids AS uuid[]), CAST(:numbers AS integer[]), CAST(:methods AS text[]),
+        CAST(:started AS timestamptz[]), CAST(:elapsed AS integer[]),
+        CAST(:codes AS integer[]), CAST(:reasons AS text[]), CAST(:headers AS jsonb[]),
+        CAST(:bodies AS bytea[]), CAST(:truncated AS boolean[]), CAST(:errors AS text[]),
+        CAST(:outcomes AS text[]))
+        AS a(task_id, number, method, started, elapsed_ms, status_code, reason, headers,
+             body, truncated, error, outcome)
+    WHERE EXISTS (SELECT 1 FROM tasks WHERE id = a.task_id)
+    """
+)
+
+
+def _record_many(conn: Db, rows: Sequence[tuple[Acquired, AttemptResult, str]]) -> None:
+    """Store the HTTP calls made (none for tasks deleted meanwhile), in one statement."""
+    conn.execute(_RECORD_MANY, {
+        "task_ids": [str(task.id) for task, _, _ in rows],
+        "numbers": [task.retry_count for task, _, _ in rows],
+        "methods": [r.method for _, r, _ in rows],
+        "started": [r.started for _, r, _ in rows],
+        "elapsed": [r.elapsed_ms for _, r, _ in rows],
+        "codes": [r.status_code for _, r, _ in rows],
+        "reasons": [r.reason for _, r, _ in rows],
+        "headers": [None if r.headers is None else serialize.dumps(r.headers).decode()
+                    for _, r, _ in rows],
+        "bodies": [r.body for _, r, _ in rows],
+        "truncated": [r.truncated for _, r, _ in rows],
+        "errors": [r.error for _, r, _ in rows],
+        "outcomes": [outcome for _, _, outcome in rows],
+    })
 
 
 def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> bool:
     """Record the DELETE sent to a cancelled task's hook; the notice is no longer owed."""
-    record_attempt(conn, task.id, task.retry_count, result, "cancel_notice")
+    _record_many(conn, [(task, result, "cancel_notice")])
     conn.execute(update(tasks).where(tasks.c.id == task.id, tasks.c.cancel_notice)
                  .values(cancel_notice=False, modified=func.now()))
     return True

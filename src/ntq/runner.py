@@ -16,8 +16,10 @@ def run_worker(settings: Settings, grace: float) -> None:
     from ntq.worker import Worker
 
     assert settings.database_url
-    pool = min(settings.worker_concurrency, 20)
-    engine = make_engine(settings.database_url, pool_size=pool, max_overflow=pool)
+    # A fixed pool: attempts hold a connection only to acquire, and outcomes are written
+    # in batches, so a few connections serve hundreds of attempts in flight.
+    engine = make_engine(settings.database_url, pool_size=min(settings.worker_concurrency, 10),
+                         max_overflow=0)
     worker = Worker(settings, engine, settings.worker_concurrency, grace=grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, worker.request_stop)

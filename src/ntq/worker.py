@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import gevent
 import gevent.event
 import gevent.pool
+import gevent.queue
 import redis
 import structlog
 from sqlalchemy import Connection, Engine
@@ -60,15 +61,19 @@ class Worker:
         self.stopping = gevent.event.Event()
         self.stopped = gevent.event.Event()
         self.helpers: list[gevent.Greenlet] = []
+        # Finished attempts wait here to be recorded in batches (one transaction each).
+        self.outcomes: gevent.queue.JoinableQueue = gevent.queue.JoinableQueue()
 
     def run(self) -> None:
         """Serve until :meth:`request_stop`, then drain and return."""
         log.info("worker.start", concurrency=self.pool.size)
-        self.helpers = [gevent.spawn(self._promote_loop), gevent.spawn(self._cancel_loop)]
+        self.helpers = [gevent.spawn(self._promote_loop), gevent.spawn(self._cancel_loop),
+                        gevent.spawn(self._finish_loop)]
         dispatcher = gevent.spawn(self._dispatch_loop)
         self.stopping.wait()
         dispatcher.kill()
         self._drain()
+        self.outcomes.join(timeout=FINISH_RETRY_FOR)  # record what the attempts produced
         gevent.killall(self.helpers)
         self.stopped.set()
         log.info("worker.stop")
@@ -144,19 +149,37 @@ class Worker:
         result = delivery.send_cancel_notice(self.session, task)
         log.info("worker.cancel_notice", status_code=result.status_code, error=result.error)
         if self._write(lambda conn: queue.finish_notice(conn, task, result)):
-            self.notifier.attempted(task.id, "cancel_notice", result.elapsed_ms, None)
+            self.notifier.attempted([notify.Attempted(task.id, "cancel_notice",
+                                                      result.elapsed_ms)])
 
     def _finish(self, task: Acquired, result: AttemptResult, verdict: Verdict) -> None:
-        finished = self._write(lambda conn: queue.finish(conn, task, result, verdict))
+        self.outcomes.put((task, result, verdict))
+
+    def _finish_loop(self) -> None:
+        """Record finished attempts in batches: whatever has queued up while the previous
+        batch was being written goes into the next transaction."""
+        while True:
+            batch = [self.outcomes.get()]
+            while len(batch) < MAX_BATCH and not self.outcomes.empty():
+                batch.append(self.outcomes.get_nowait())
+            try:
+                self._record(batch)
+            finally:
+                for _ in batch:
+                    self.outcomes.task_done()
+
+    def _record(self, batch: list[queue.Outcome]) -> None:
+        finished = self._write(lambda conn: queue.finish_many(conn, batch))
         if finished is None:
-            return
-        if finished.status is None:
-            log.info("worker.stale_attempt")
-        retry_at = None
-        if finished.status == "PENDING":
-            retry_at = time.time() + (verdict.delay or 0)
-        self.notifier.attempted(task.id, finished.outcome, result.elapsed_ms, finished.status,
-                                retry_at, finished.callback_id)
+            return  # the leases expire and the tasks are attempted again
+        events = []
+        for (task, result, verdict), done in zip(batch, finished, strict=True):
+            if done.outcome == "stale":
+                log.info("worker.stale_attempt", task_id=str(task.id))
+            retry_at = time.time() + (verdict.delay or 0) if done.status == "PENDING" else None
+            events.append(notify.Attempted(task.id, done.outcome, result.elapsed_ms,
+                                           done.status, retry_at, done.callback_id))
+        self.notifier.attempted(events)
 
     def _write(self, action: Callable[[Connection], T]) -> T | None:
         """Run ``action`` in a transaction, retrying through a database outage for a
