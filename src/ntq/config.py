@@ -198,9 +198,3 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("NTQ_DEFAULT_TIMEOUT must not exceed NTQ_MAX_TIMEOUT")
     if settings.min_due_delay > settings.max_due_delay:
         raise ConfigError("NTQ_MIN_DUE_DELAY must not exceed NTQ_MAX_DUE_DELAY")
-
-
-def setting_names() -> list[str]:
-    """Every environment variable ntq reads, for help texts and docs."""
-    return [*_SPEC, "NTQ_ALLOW_PRIVATE_NETWORKS"]
-
