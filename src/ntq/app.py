@@ -22,10 +22,19 @@ def make_app(settings: Settings, pool_size: int = 10) -> Any:
         "tm.manager_hook": "pyramid_tm.explicit_manager",
         "tm.annotate_user": False,
     })
-    engine = make_engine(settings.database_url, pool_size=pool_size, max_overflow=pool_size)
+    # Half the connections serve request transactions, half the single-statement enqueue
+    # hot path, which commits on its own; separate pools never switch a connection's mode.
+    # No overflow: under load, requests wait for a pooled connection instead of opening
+    # (and, on return, closing) new ones, each a new PostgreSQL backend.
+    half = max(1, pool_size // 2)
+    engine = make_engine(settings.database_url, pool_size=half, max_overflow=0)
     config.registry.ntq_settings = settings
     config.registry.ntq_engine = engine
-    config.registry.ntq_notifier = notify.Notifier(settings, notify.client(settings.redis_url))
+    config.registry.ntq_autocommit = make_engine(settings.database_url, pool_size=half,
+                                                 max_overflow=0, autocommit=True)
+    notifier = notify.Notifier(settings, notify.client(settings.redis_url))
+    config.registry.ntq_notifier = notifier
+    config.registry.ntq_enqueue_hints = notify.EnqueueHints(notifier)
     _include_db(config, make_session_factory(engine))
     config.include("ntq.tweens")
     config.include("ntq.api")

@@ -35,10 +35,13 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10) -> Engine:
-    """An engine whose pool suits ``pool_size`` concurrent users of one process."""
+def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10,
+                autocommit: bool = False) -> Engine:
+    """An engine whose pool suits ``pool_size`` concurrent users of one process.
+    ``autocommit`` engines run each statement as its own transaction (no BEGIN)."""
     return create_engine(
         normalize_url(url),
+        isolation_level="AUTOCOMMIT" if autocommit else None,
         pool_size=pool_size,
         max_overflow=max_overflow,
         # No ping per checkout (a round trip each): a connection found dead fails its

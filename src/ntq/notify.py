@@ -13,8 +13,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import gevent
 import redis
 import structlog
+from gevent import monkey
 
 from ntq import metrics
 from ntq.config import Settings
@@ -163,3 +165,40 @@ class Notifier:
     def backlog(self) -> int:
         """Length of the queue list (ids not yet taken by a worker)."""
         return int(self.redis.llen(self.settings.queue_key))
+
+
+class EnqueueHints:
+    """Coalesces the enqueue hints of concurrent requests into one pipeline.
+
+    A request adds its ids and returns; one greenlet sends whatever has gathered by the
+    time it runs, so a busy process makes one Redis round trip for many tasks, and an idle
+    one sends at once. Outside a gevent-patched process nothing would run that greenlet,
+    so each hint is sent directly.
+    """
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self._now: list[Id] = []
+        self._later: dict[Id, float] = {}
+        self._sender: gevent.Greenlet | None = None
+        self._cooperative = monkey.is_module_patched("socket")
+
+    def add(self, due_now: list[Id], later: dict[Id, float]) -> None:
+        if not (due_now or later):
+            return
+        if not self._cooperative:
+            self.notifier.enqueued(due_now, later)
+            return
+        self._now.extend(due_now)
+        self._later.update(later)
+        if self._sender is None:
+            self._sender = gevent.spawn(self._send)
+
+    def _send(self) -> None:
+        try:
+            while self._now or self._later:
+                now, later = self._now, self._later
+                self._now, self._later = [], {}
+                self.notifier.enqueued(now, later)
+        finally:
+            self._sender = None

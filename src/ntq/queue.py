@@ -60,7 +60,8 @@ def seconds(value: Any) -> ColumnElement[Any]:
     return interval
 
 
-def _params(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
+def insert_params(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
+    """The bound values of one new task's row (its id is minted here)."""
     return {
         "id": uuid7(), "app_id": app_id, "status": PENDING, "url": new.url,
         "method": new.method, "headers": new.headers, "body": new.body,
@@ -72,15 +73,26 @@ def _params(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
     }
 
 
+INSERT_COLUMNS = (
+    "id", "app_id", "status", "url", "method", "headers", "body", "content_type", "timeout",
+    "retry_count", "max_retries", "backoff", "callback", "idempotency_key", "callback_of",
+    "cancel_notice",
+)
+
+
+def due_expression() -> ColumnElement[Any]:
+    """A new task's ``due``: ``not_before`` if bound, else the database's now + ``delay``."""
+    due: ColumnElement[Any] = func.coalesce(
+        bindparam("not_before", type_=tasks.c.due.type),
+        func.now() + seconds(bindparam("delay", type_=Float)))
+    return due
+
+
 # Built once: the hot path binds parameters instead of building and hashing a statement
-# per request. ``due`` comes from the database clock (now + delay) unless not_before is set.
+# per request.
 _INSERT = pg_insert(tasks).values({
-    **{name: bindparam(name, type_=tasks.c[name].type) for name in (
-        "id", "app_id", "status", "url", "method", "headers", "body", "content_type",
-        "timeout", "retry_count", "max_retries", "backoff", "callback", "idempotency_key",
-        "callback_of", "cancel_notice")},
-    "due": func.coalesce(bindparam("not_before", type_=tasks.c.due.type),
-                         func.now() + seconds(bindparam("delay", type_=Float))),
+    **{name: bindparam(name, type_=tasks.c[name].type) for name in INSERT_COLUMNS},
+    "due": due_expression(),
 })
 _INSERT_RETURNING = _INSERT.returning(*VIEW_COLUMNS)
 _INSERT_IDEMPOTENT = _INSERT.on_conflict_do_nothing(
@@ -97,7 +109,7 @@ def enqueue(db: Db, new: NewTask, app_id: uuid.UUID | None) -> tuple[TaskView, b
     unique index makes the second insert wait for the first and then do nothing.
     """
     stmt = _INSERT_RETURNING if new.idempotency_key is None else _INSERT_IDEMPOTENT
-    row = db.execute(stmt, _params(new, app_id)).first()
+    row = db.execute(stmt, insert_params(new, app_id)).first()
     if row is not None:
         return TaskView.from_row(row), True
     existing = by_idempotency_key(db, app_id, new.idempotency_key or "")
@@ -111,7 +123,7 @@ def enqueue_many(db: Db, batch: Sequence[NewTask],
     """Insert a batch in one round trip (one by one where idempotency keys need checks)."""
     if any(new.idempotency_key for new in batch):
         return [enqueue(db, new, app_id) for new in batch]
-    params = [_params(new, app_id) for new in batch]
+    params = [insert_params(new, app_id) for new in batch]
     rows = db.execute(_INSERT.returning(*VIEW_COLUMNS, sort_by_parameter_order=True), params)
     return [(TaskView.from_row(row), True) for row in rows]
 

@@ -254,8 +254,9 @@ def test_redis_flushed_loses_no_queued_scheduled_or_retrying_task(
     url = hook.script("/hook")
     queued = {enqueue(private_api, url) for _ in range(10)}  # no worker: the hints wait in Redis
     delayed = {enqueue(private_api, url, delay=2) for _ in range(5)}  # in the scheduled set
-    assert client.llen(QUEUE_KEY) == len(queued)
-    assert client.zcard(SCHEDULED_KEY) == len(delayed) + 1
+    # The web sends its hints just after answering: wait for the last of them.
+    assert wait_until(lambda: client.llen(QUEUE_KEY) == len(queued), 5)
+    assert wait_until(lambda: client.zcard(SCHEDULED_KEY) == len(delayed) + 1, 5)
     client.flushall()
 
     private_stack.requeue()

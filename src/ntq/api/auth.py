@@ -27,6 +27,10 @@ class Caller:
 ANONYMOUS = Caller(None, None)
 
 
+def invalid_key() -> ApiError:
+    return ApiError(401, "unauthorized", "the API key is not valid")
+
+
 def presented_key(request: Request) -> str | None:
     auth: str = request.headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
@@ -39,17 +43,26 @@ def presented_key(request: Request) -> str | None:
     return None
 
 
-def caller(request: Request) -> Caller:
-    """The calling application; raises 401 for a missing, malformed or unknown key."""
+def checked_key(request: Request) -> str | None:
+    """The presented API key, if it is well-formed; None when authentication is off.
+    Raises 401 for a missing or malformed key (whether it is valid is the caller's check)."""
     if not request.registry.ntq_settings.authenticate:
-        return ANONYMOUS
+        return None
     key = presented_key(request)
     if not key:
         raise ApiError(401, "unauthorized", "an API key is required "
                        "(Authorization: Bearer <key> or NTQ-API-Key: <key>)")
-    found = None
-    if len(key) <= MAX_KEY_LENGTH and key.startswith(apps.KEY_PREFIX):
-        found = apps.authenticate(request.db, key)
+    if len(key) > MAX_KEY_LENGTH or not key.startswith(apps.KEY_PREFIX):
+        raise invalid_key()
+    return key
+
+
+def caller(request: Request) -> Caller:
+    """The calling application; raises 401 for a missing, malformed or unknown key."""
+    key = checked_key(request)
+    if key is None:
+        return ANONYMOUS
+    found = apps.authenticate(request.db, key)
     if found is None:
-        raise ApiError(401, "unauthorized", "the API key is not valid")
+        raise invalid_key()
     return Caller(*found)

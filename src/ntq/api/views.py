@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from pyramid.request import Request
@@ -14,11 +14,13 @@ from pyramid.view import view_config
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ntq import __version__, queue
-from ntq.api import schemas
+from ntq import __version__, ingest, queue
+from ntq.api import auth, schemas
 from ntq.api.errors import ApiError
 from ntq.api.render import json_response, task_json, task_response
 from ntq.records import NewTask, TaskView
+
+T = TypeVar("T")
 
 
 def after_commit(request: Request, action: Callable[[], Any]) -> None:
@@ -31,14 +33,18 @@ def after_commit(request: Request, action: Callable[[], Any]) -> None:
     request.tm.get().addAfterCommitHook(hook)
 
 
-def announce(request: Request, created: list[tuple[TaskView, NewTask]]) -> None:
-    """After commit, wake workers for new tasks, or schedule the wake-up of delayed ones."""
+def enqueued_hints(created: list[tuple[TaskView, NewTask]]
+                   ) -> tuple[list[uuid.UUID], dict[uuid.UUID, float]]:
+    """New tasks to wake workers for now, and delayed ones to schedule (id -> epoch)."""
     now = [task.id for task, new in created if not (new.delay or new.not_before)]
     later = {task.id: task.due.timestamp() for task, new in created
              if new.delay or new.not_before}
-    if now or later:
-        notifier = request.registry.ntq_notifier
-        after_commit(request, lambda: notifier.enqueued(now, later))
+    return now, later
+
+
+def notify_enqueued(request: Request, created: list[tuple[TaskView, NewTask]]) -> None:
+    """Wake workers for tasks already committed (no transaction to wait for)."""
+    request.registry.ntq_enqueue_hints.add(*enqueued_hints(created))
 
 
 def read_body(request: Request, limit: int | None = None) -> bytes:
@@ -74,31 +80,54 @@ def created_response(request: Request, task: TaskView, created: bool) -> Respons
     return task_response(request, task, 201 if created else 200, Location=location)
 
 
+def validated(request: Request, parse: Callable[[], T]) -> T:
+    """``parse()``; but when it finds the request bad, a bad key is still a 401 first."""
+    try:
+        return parse()
+    except ApiError:
+        request.caller  # noqa: B018  (raises 401 without a valid key)
+        raise
+
+
+def submit(request: Request, key: str | None,
+           batch: list[NewTask]) -> list[tuple[TaskView, bool]]:
+    """Store ``batch`` for the key's application (401 if the key is not valid), then
+    wake the workers: :mod:`ntq.ingest`, one autocommit statement, outside the request's
+    transaction."""
+    with request.registry.ntq_autocommit.connect() as conn:
+        done = (ingest.submit(conn, batch[0], key) if len(batch) == 1
+                else ingest.submit_batch(conn, batch, key))
+    if done is None:
+        raise auth.invalid_key()
+    # What the ``caller`` request property would have looked up, already known.
+    request.caller = auth.Caller(done.app_id, done.app_name)
+    notify_enqueued(request, [(task, new) for (task, created), new
+                              in zip(done.results, batch, strict=True) if created])
+    return done.results
+
+
 @view_config(route_name="root", request_method="POST")
 def enqueue(request: Request) -> Response:
     """nTorque-compatible enqueue: parameters in the query string, the body verbatim."""
-    caller = request.caller
-    new = schemas.from_query(request.GET, request.headers, read_body(request),
-                             request.headers.get("Content-Type"),
-                             request.registry.ntq_settings)
-    task, created = queue.enqueue(request.db, new, caller.app_id)
-    announce(request, [(task, new)] if created else [])
+    key = auth.checked_key(request)
+    new = validated(request, lambda: schemas.from_query(
+        request.GET, request.headers, read_body(request), request.headers.get("Content-Type"),
+        request.registry.ntq_settings))
+    [(task, created)] = submit(request, key, [new])
     return created_response(request, task, created)
 
 
 @view_config(route_name="tasks", request_method="POST")
 def enqueue_json(request: Request) -> Response:
-    """Structured enqueue: one JSON task, or an array of up to 1,000 in one transaction
+    """Structured enqueue: one JSON task, or an array of up to 1,000 in one statement
     (all or nothing; a bad item is named by its index)."""
-    caller = request.caller
-    document = schemas.json_document(request.headers.get("Content-Type"),
-                                     read_body(request, schemas.MAX_BATCH_BYTES))
+    key = auth.checked_key(request)
+    document = validated(request, lambda: schemas.json_document(
+        request.headers.get("Content-Type"), read_body(request, schemas.MAX_BATCH_BYTES)))
     single = isinstance(document, dict)
-    batch = schemas.from_json_batch([document] if single else document,
-                                    request.registry.ntq_settings)
-    results = queue.enqueue_many(request.db, batch, caller.app_id)
-    announce(request, [(task, new) for (task, created), new in zip(results, batch,
-                                                                   strict=True) if created])
+    batch = validated(request, lambda: schemas.from_json_batch(
+        [document] if single else document, request.registry.ntq_settings))
+    results = submit(request, key, batch)
     if single:
         return created_response(request, *results[0])
     any_new = any(created for _, created in results)
