@@ -29,3 +29,18 @@ def test_delivers_exact_bytes_content_type_and_passthrough_headers(
     assert received.headers["NTQ-Task-Attempt"] == "1"
     assert received.headers["User-Agent"].startswith("ntq/")
     assert api.wait_status(task["id"], "COMPLETED")["status"] == "COMPLETED"
+
+
+def test_cookies_a_hook_sets_are_never_sent_to_any_hook(
+        api: Api, stack: Stack, hook: HookServer) -> None:
+    """One worker session serves every application: a cookie kept from one delivery
+    would leak to the next task's hook on that host."""
+    stack.worker()
+    url = hook.script("/c", {"status": 200, "headers": {"Set-Cookie": "sid=secret; Path=/"}},
+                      {"status": 200})
+    api.enqueue(url, b"first", "text/plain")
+    hook.wait_for(1, "/c")
+    api.enqueue(url, b"second", "text/plain")
+    first, second = hook.wait_for(2, "/c")
+    assert "Cookie" not in first.headers
+    assert "Cookie" not in second.headers
