@@ -18,8 +18,11 @@ def run_worker(settings: Settings, grace: float) -> None:
     assert settings.database_url
     # A fixed pool: attempts hold a connection only to acquire, and outcomes are written
     # in batches, so a few connections serve hundreds of attempts in flight.
+    # A worker's commits need not wait for the disk: if PostgreSQL crashes and loses the
+    # last of them, the tasks they leased or finished are simply delivered again
+    # (at-least-once). Accepting and cancelling tasks (the web) always wait.
     engine = make_engine(settings.database_url, pool_size=min(settings.worker_concurrency, 10),
-                         max_overflow=0)
+                         max_overflow=0, durable_commits=False)
     worker = Worker(settings, engine, settings.worker_concurrency, grace=grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, worker.request_stop)
