@@ -32,7 +32,7 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, Insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ntq import apps, queue, serialize
@@ -52,6 +52,15 @@ _CALLER = (
 )
 
 
+def _joined_to_caller(insert: Insert) -> Select[Any]:
+    """``caller`` (0 or 1 row) left-joined to what ``insert`` made for it. Only what the
+    database decides comes back; the rest of each task's view is what was sent."""
+    created = insert.returning(tasks.c.id, tasks.c.due, tasks.c.created).cte("created")
+    return (select(_CALLER.c.app_id.label("caller_id"), _CALLER.c.name.label("caller_name"),
+                   *created.c)
+            .select_from(_CALLER.outerjoin(created, true())))
+
+
 def _insert_for_caller(idempotent: bool) -> Select[Any]:
     """``caller`` (0 or 1 row) left-joined to the task inserted for it: no row means a bad
     key; a row without a task means the idempotency key was already used."""
@@ -65,10 +74,7 @@ def _insert_for_caller(idempotent: bool) -> Select[Any]:
             index_elements=["app_id", "idempotency_key"],
             index_where=tasks.c.idempotency_key.isnot(None),
         )
-    created = insert.returning(*queue.VIEW_COLUMNS).cte("created")
-    return (select(_CALLER.c.app_id.label("caller_id"), _CALLER.c.name.label("caller_name"),
-                   *created.c)
-            .select_from(_CALLER.outerjoin(created, true())))
+    return _joined_to_caller(insert)
 
 
 # Built once: requests only bind values.
@@ -101,7 +107,8 @@ def submit(conn: Connection, new: NewTask, key: str | None) -> Submitted | None:
         return None
     row = rows[0]
     if row.id is not None:
-        return Submitted(row.caller_id, row.caller_name, [(TaskView.from_row(row), True)])
+        view = queue.new_view(new, params, row.caller_id, row.due, row.created)
+        return Submitted(row.caller_id, row.caller_name, [(view, True)])
     existing = queue.by_idempotency_key(conn, row.caller_id, new.idempotency_key or "")
     result = (existing, False) if existing else queue.enqueue(conn, new, row.caller_id)
     return Submitted(row.caller_id, row.caller_name, [result])
@@ -132,10 +139,7 @@ def _batch_for_caller() -> Select[Any]:
                     func.coalesce(given.c.not_before, func.now() + queue.seconds(given.c.delay))
                     ).select_from(_CALLER).join(given, true())
     insert = pg_insert(tasks).from_select([*queue.INSERT_COLUMNS, "due"], values)
-    created = insert.returning(*queue.VIEW_COLUMNS).cte("created")
-    return (select(_CALLER.c.app_id.label("caller_id"), _CALLER.c.name.label("caller_name"),
-                   *created.c)
-            .select_from(_CALLER.outerjoin(created, true())))
+    return _joined_to_caller(insert)
 
 
 def _batch_json(rows: list[dict[str, Any]]) -> str:
@@ -162,9 +166,11 @@ def submit_batch(conn: Connection, batch: Sequence[NewTask],
     found = _BATCH.rows(conn, {"digest": apps.digest(key), "tasks": _batch_json(rows)})
     if not found:
         return None
-    by_id = {row.id: row for row in found}
-    return Submitted(found[0].caller_id, found[0].caller_name,
-                          [(TaskView.from_row(by_id[row["id"]]), True) for row in rows])
+    owner = found[0].caller_id
+    made = {row.id: row for row in found}
+    return Submitted(owner, found[0].caller_name, [
+        (queue.new_view(new, sent, owner, made[sent["id"]].due, made[sent["id"]].created),
+         True) for new, sent in zip(batch, rows, strict=True)])
 
 
 def _batch_in_transaction(conn: Connection, batch: Sequence[NewTask],

@@ -73,6 +73,19 @@ def insert_params(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
     }
 
 
+def new_view(new: NewTask, sent: dict[str, Any], app_id: uuid.UUID | None, due: datetime,
+             created: datetime) -> TaskView:
+    """The view of a task just inserted from ``sent`` (its :func:`insert_params`), given
+    what the database decided: its due and creation times."""
+    return TaskView(
+        id=sent["id"], app_id=app_id, status=PENDING, url=new.url, method=new.method,
+        headers=new.headers, content_type=new.content_type, timeout=new.timeout, due=due,
+        retry_count=0, max_retries=new.max_retries, backoff=new.backoff, created=created,
+        modified=created, last_status_code=None, last_error=None, callback=new.callback,
+        idempotency_key=new.idempotency_key, callback_of=new.callback_of,
+        body_size=len(new.body))
+
+
 INSERT_COLUMNS = (
     "id", "app_id", "status", "url", "method", "headers", "body", "content_type", "timeout",
     "retry_count", "max_retries", "backoff", "callback", "idempotency_key", "callback_of",

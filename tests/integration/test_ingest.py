@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from ntq import apps, ingest
+from ntq import apps, ingest, queue
 from ntq.apps import Credentials
 from ntq.db import make_engine
 from ntq.records import NewTask
@@ -147,3 +147,20 @@ def test_without_authentication_tasks_have_no_application(conn: Connection,
     assert one.app_id is None
     assert many.app_id is None
     assert len(stored(engine, None)) == 2
+
+
+def test_the_views_returned_are_the_stored_tasks(conn: Connection, engine: Engine,
+                                                 creds: Credentials) -> None:
+    """The views are built from what was sent plus the database's times: they must equal
+    what reading the tasks back gives."""
+    rich = NewTask(url=HOOK, method="PUT", headers={"A": "b"}, body=b"xyz",
+                   content_type="text/csv", timeout=9, delay=30, max_retries=2,
+                   backoff="linear", callback="https://cb.example/", idempotency_key="i")
+    one = ingest.submit(conn, rich, creds.api_key)
+    many = ingest.submit_batch(conn, [NewTask(url=HOOK), NewTask(url=HOOK, delay=5)],
+                               creds.api_key)
+    assert one is not None
+    assert many is not None
+    with engine.connect() as c:
+        for task, _ in one.results + many.results:
+            assert queue.get(c, task.id, creds.app_id) == task
