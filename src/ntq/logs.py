@@ -10,30 +10,34 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
 
 
 def configure(log_format: str = "json", level: int = logging.INFO) -> None:
-    """Route structlog and the standard library's logging to stderr in one format."""
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    """ntq's own events straight to stderr (no stdlib logging on the hot path), the
+    standard library's (gunicorn, urllib3...) through the same renderer."""
+    json = log_format == "json"
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer(serializer=orjson.dumps) if json
+                    else structlog.dev.ConsoleRenderer(colors=False)],
+        logger_factory=(structlog.BytesLoggerFactory(sys.stderr.buffer) if json
+                        else structlog.WriteLoggerFactory(sys.stderr)),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.JSONRenderer() if json
+                    else structlog.dev.ConsoleRenderer(colors=False)],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]
