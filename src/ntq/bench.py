@@ -26,7 +26,8 @@ from typing import Any
 
 from ntq.config import ConfigError, Settings, load_settings
 
-SCENARIO_NAMES = ("enqueue", "batch", "end_to_end", "latency", "concurrency")
+SCENARIO_NAMES = ("enqueue", "batch", "end_to_end", "end_to_end_batch", "latency",
+                  "concurrency")
 
 # option: (environment variable, type, full-run default, --quick default, help)
 SIZES: dict[str, tuple[str, Callable[[str], Any], Any, Any, str]] = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-SCENARIOS = ("enqueue", "batch", "end_to_end", "latency", "concurrency")
+SCENARIOS = ("enqueue", "batch", "end_to_end", "end_to_end_batch", "latency", "concurrency")
 
 
 def _env(database_url: str, redis_url: str) -> dict[str, str]:
@@ -34,10 +34,11 @@ def test_quick_bench_reports_every_figure(migrated: str, redis_url: str, clean: 
     assert data["enqueue"]["tasks_per_s"] > 0
     assert data["enqueue"]["errors"] == {}
     assert not data["batch"]["available"] or data["batch"]["tasks_per_s"] > 0
-    e2e = data["end_to_end"]
-    assert e2e["complete"]
-    assert e2e["tasks"] == e2e["enqueued"] == data["sizes"]["tasks"]
-    assert e2e["tasks_per_s"] > 0
+    for e2e in (data["end_to_end"], data["end_to_end_batch"]):
+        assert e2e["complete"]
+        assert e2e["tasks"] == e2e["enqueued"] == data["sizes"]["tasks"]
+        assert e2e["tasks_per_s"] > 0
+    assert data["end_to_end_batch"]["batch"] == data["sizes"]["batch"]
     latency = data["latency"]
     assert latency["complete"]
     assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
@@ -50,7 +51,7 @@ def test_quick_bench_reports_every_figure(migrated: str, redis_url: str, clean: 
     for name in SCENARIOS:
         if data[name].get("available", True):
             assert {"web", "postgres", "receiver", "generator", "machine"} <= set(data[name]["cpu"])
-    assert len(data["targets"]) == 6
+    assert len(data["targets"]) == 7
 
     with engine.connect() as conn:  # the benchmark removes its application and tasks
         assert conn.execute(text("SELECT count(*) FROM apps WHERE name LIKE 'ntq-bench-%'")
