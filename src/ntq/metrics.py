@@ -6,6 +6,7 @@ Losing Redis resets them, which Prometheus reads as a counter reset: rates stay 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,21 +16,29 @@ OUTCOMES = ("complete", "retry", "fail", "interrupted", "stale", "cancel_notice"
 TERMINAL_COUNTERS = {"COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "cancelled"}
 
 
-def count_enqueued(pipe: Any, key: str, n: int) -> None:
-    pipe.hincrby(key, "enqueued", n)
+def count_enqueued(counts: Counter[str], n: int) -> None:
+    counts["enqueued"] += n
 
 
-def count_attempt(pipe: Any, key: str, outcome: str, elapsed_ms: int) -> None:
-    pipe.hincrby(key, f"attempts:{outcome}", 1)
+def count_attempt(counts: Counter[str], outcome: str, elapsed_ms: int) -> None:
+    counts[f"attempts:{outcome}"] += 1
     seconds = elapsed_ms / 1000
     index = next((i for i, bound in enumerate(BUCKETS) if seconds <= bound), len(BUCKETS))
-    pipe.hincrby(key, f"duration_bucket:{index}", 1)
-    pipe.hincrby(key, "duration_sum_ms", elapsed_ms)
+    counts[f"duration_bucket:{index}"] += 1
+    counts["duration_sum_ms"] += elapsed_ms
 
 
-def count_terminal(pipe: Any, key: str, status: str) -> None:
+def count_terminal(counts: Counter[str], status: str) -> None:
     if status in TERMINAL_COUNTERS:
-        pipe.hincrby(key, TERMINAL_COUNTERS[status], 1)
+        counts[TERMINAL_COUNTERS[status]] += 1
+
+
+def add(pipe: Any, key: str, counts: Counter[str]) -> None:
+    """Add what ``counts`` gathered to the shared counters: one HINCRBY per field, however
+    many events it sums."""
+    for field, n in counts.items():
+        if n:
+            pipe.hincrby(key, field, n)
 
 
 def render(raw: Mapping[bytes, bytes], gauges: Mapping[str, float]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -108,7 +109,7 @@ class Notifier:
             pipe.rpush(self.settings.queue_key, *[str(i) for i in due_now])
         if later:
             pipe.zadd(self.settings.scheduled_key, {str(k): v for k, v in later.items()})
-        metrics.count_enqueued(pipe, self.settings.metrics_key, len(due_now) + len(later))
+        pipe.hincrby(self.settings.metrics_key, "enqueued", len(due_now) + len(later))
         return self._run("enqueued", pipe)
 
     def schedule(self, task_id: Id, when: float) -> bool:
@@ -121,34 +122,39 @@ class Notifier:
         """After attempts' outcomes committed: count them, schedule retries, wake
         callbacks' deliveries, announce terminal states to long-polling readers."""
         pipe = self.redis.pipeline(transaction=False)
+        counts: Counter[str] = Counter()
         for event in events:
-            metrics.count_attempt(pipe, self.settings.metrics_key, event.outcome,
-                                  event.elapsed_ms)
+            metrics.count_attempt(counts, event.outcome, event.elapsed_ms)
             if event.retry_at is not None:
                 pipe.zadd(self.settings.scheduled_key, {str(event.task_id): event.retry_at})
             if event.callback_id is not None:
-                self._wake_callback(pipe, event.callback_id)
+                self._wake_callback(pipe, counts, event.callback_id)
             if event.status is not None and event.status != "PENDING":
-                self._finished(pipe, event.task_id, event.status)
+                self._finished(pipe, counts, event.task_id, event.status)
+        metrics.add(pipe, self.settings.metrics_key, counts)
         self._run("attempted", pipe)
 
-    def _wake_callback(self, pipe: redis.client.Pipeline, callback_id: Id) -> None:
+    def _wake_callback(self, pipe: redis.client.Pipeline, counts: Counter[str],
+                       callback_id: Id) -> None:
         pipe.rpush(self.settings.queue_key, str(callback_id))
-        metrics.count_enqueued(pipe, self.settings.metrics_key, 1)
+        metrics.count_enqueued(counts, 1)
 
-    def _finished(self, pipe: redis.client.Pipeline, task_id: Id, status: str) -> None:
-        metrics.count_terminal(pipe, self.settings.metrics_key, status)
+    def _finished(self, pipe: redis.client.Pipeline, counts: Counter[str], task_id: Id,
+                  status: str) -> None:
+        metrics.count_terminal(counts, status)
         pipe.publish(self.settings.finished_channel(task_id), status)
 
     def cancelled(self, task_id: Id, callback_id: Id | None = None) -> None:
         """After a cancel committed: interrupt running attempts anywhere, schedule the
         hook's DELETE notice, announce the terminal state."""
         pipe = self.redis.pipeline(transaction=False)
+        counts: Counter[str] = Counter()
         pipe.publish(self.settings.cancel_channel, str(task_id))
         pipe.zadd(self.settings.scheduled_key, {str(task_id): time.time() + NOTICE_DELAY})
         if callback_id is not None:
-            self._wake_callback(pipe, callback_id)
-        self._finished(pipe, task_id, "CANCELLED")
+            self._wake_callback(pipe, counts, callback_id)
+        self._finished(pipe, counts, task_id, "CANCELLED")
+        metrics.add(pipe, self.settings.metrics_key, counts)
         self._run("cancelled", pipe)
 
     def interrupt_app(self, app_id: uuid.UUID | None) -> None:
