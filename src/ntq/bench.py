@@ -44,6 +44,9 @@ SIZES: dict[str, tuple[str, Callable[[str], Any], Any, Any, str]] = {
                  "tasks whose hook sleeps 1 s, through one worker"),
     "worker_concurrency": ("NTQ_WORKER_CONCURRENCY", int, 100, 100,
                            "worker slots in the delivery scenarios"),
+    "worker_processes": ("NTQ_BENCH_WORKER_PROCESSES", int, 1, 1,
+                         "worker processes in the end-to-end and latency scenarios "
+                         "(the concurrency scenario has one)"),
     "stall_timeout": ("NTQ_BENCH_STALL_TIMEOUT", float, 30.0, 15.0,
                       "give up waiting for deliveries after this many seconds without one"),
 }

@@ -129,7 +129,8 @@ def detail(scenario: str, result: dict[str, Any]) -> str:
     if scenario in ("end_to_end", "end_to_end_batch"):
         arrays = f" in arrays of {result['batch']}" if result.get("batch") else ""
         return (f"{result['tasks']:,} tasks in {result['seconds']} s, enqueued{arrays} at "
-                f"{result['enqueue_per_s']:,.0f}/s, {result['duplicates']} duplicates"
+                f"{result['enqueue_per_s']:,.0f}/s, {result['worker_processes']} worker "
+                f"processes, {result['duplicates']} duplicates"
                 + ("" if result["complete"] else ", INCOMPLETE"))
     if scenario == "latency":
         return (f"{result['tasks']:,} tasks offered at {result['achieved_rate']:,.0f}/s, "

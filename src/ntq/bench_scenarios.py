@@ -38,6 +38,7 @@ class Sizes:
     batch: int
     sleepers: int
     worker_concurrency: int
+    worker_processes: int
     stall_timeout: float
 
 
@@ -155,7 +156,7 @@ class Bench:
         return self._end_to_end("e2e_batch", self.sizes.batch)
 
     def _end_to_end(self, run: str, batch: int) -> dict[str, Any]:
-        self.stack.start_delivery(self.sizes.worker_concurrency)
+        self.stack.start_delivery(self.sizes.worker_concurrency, self.sizes.worker_processes)
         name = "end_to_end_batch" if batch else "end_to_end"
         with self._profiling(name):
             out = self._drive(name.replace("_", "-"),
@@ -170,13 +171,14 @@ class Bench:
             "seconds": round(seconds, 3), "tasks_per_s": round(seen["unique"] / seconds, 1),
             "enqueue_per_s": _rate(out.load), "duplicates": seen["duplicates"],
             "complete": out.complete and seen["unique"] >= out.load["tasks"],
-            "worker_concurrency": self.sizes.worker_concurrency, "cpu": out.cpu,
+            "worker_concurrency": self.sizes.worker_concurrency,
+            "worker_processes": self.sizes.worker_processes, "cpu": out.cpu,
         }
 
     def latency(self) -> dict[str, Any]:
         """Enqueue-to-receipt latency at a fixed offered rate (open loop)."""
-        if "worker" not in self.stack.children:
-            self.stack.start_delivery(self.sizes.worker_concurrency)
+        if len(self.stack.workers()) != self.sizes.worker_processes:
+            self.stack.start_delivery(self.sizes.worker_concurrency, self.sizes.worker_processes)
         count = max(1, int(self.sizes.rate * self.sizes.duration))
         job = self._job("latency", count, rate=self.sizes.rate)
         with self._profiling("latency"):

@@ -122,19 +122,22 @@ class Stack:
         self.children[name] = child.start()
         return child
 
-    def start_delivery(self, concurrency: int) -> None:
-        """Start one worker with ``concurrency`` slots, and the requeue poller."""
+    def start_delivery(self, concurrency: int, processes: int = 1) -> None:
+        """Start ``processes`` workers with ``concurrency`` slots each, and the requeue
+        poller."""
         self.stop_delivery()
-        self._spawn("worker", "worker", "--concurrency", str(concurrency)
-                    ).wait_for_log("worker.start")
+        for n in range(processes):
+            self._spawn(f"worker-{n}" if n else "worker", "worker", "--concurrency",
+                        str(concurrency)).wait_for_log("worker.start")
         self._spawn("requeue", "requeue").wait_for_log("requeue.start")
 
+    def workers(self) -> list[Child]:
+        return [child for name, child in self.children.items() if name.startswith("worker")]
+
     def stop_delivery(self) -> None:
-        for name in ("worker", "requeue"):
-            child = self.children.pop(name, None)
-            if child is not None:
-                self.note_memory()
-                child.stop()
+        self.note_memory()
+        for name in [name for name in self.children if name.startswith(("worker", "requeue"))]:
+            self.children.pop(name).stop()
 
     def check_alive(self) -> None:
         """Raise if one of the stack's processes has exited."""
@@ -148,9 +151,8 @@ class Stack:
             web = [peak_rss_mb(pid) for pid in self.children["web"].pids()]
             self.memory.web_process = max([self.memory.web_process, *web])
             self.memory.web_total = max(self.memory.web_total, sum(web))
-        if "worker" in self.children:
-            worker = self.children["worker"].pids()
-            self.memory.worker = max([self.memory.worker, *map(peak_rss_mb, worker)])
+        for worker in self.workers():
+            self.memory.worker = max([self.memory.worker, *map(peak_rss_mb, worker.pids())])
 
     def meter(self) -> CpuMeter:
         """A CPU meter over every process that takes part (database and Redis included)."""
@@ -158,7 +160,8 @@ class Stack:
         def group(name: str) -> Any:
             return lambda: self.children[name].pids() if name in self.children else []
 
-        groups = {name: group(name) for name in ("web", "worker", "requeue", "receiver")}
+        groups = {name: group(name) for name in ("web", "requeue", "receiver")}
+        groups["worker"] = lambda: [pid for w in self.workers() for pid in w.pids()]
         for name in ("postgres", "redis"):
             groups[name] = server_group(self.server_pids.get(name))
         return CpuMeter(groups)

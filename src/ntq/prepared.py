@@ -33,19 +33,24 @@ class Prepared:
     execute: str
     unprepared: str
     order: tuple[str, ...]
+    # Values the statement binds itself (literals compared against, and the like).
+    constants: dict[str, Any]
 
     @classmethod
     def of(cls, name: str, statement: ClauseElement) -> Prepared:
         positional = statement.compile(dialect=_POSITIONAL)
         assert isinstance(positional, SQLCompiler)
         order = tuple(positional.positiontup or ())
+        constants = {key: value for key, value in positional.params.items()
+                     if value is not None}
         return cls(name, f"PREPARE {name} AS {positional.string}",
                    f"EXECUTE {name}({', '.join(['%s'] * len(order))})",
-                   statement.compile(dialect=_NAMED).string, order)
+                   statement.compile(dialect=_NAMED).string, order, constants)
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         """The statement's rows, by the prepared statement when the connection has it."""
         info = conn.connection.info
+        params = {**self.constants, **params}
         try:
             if self.name not in info:
                 self._prepare(conn)

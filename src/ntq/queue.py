@@ -8,6 +8,7 @@ connection or session; the caller owns the transaction and notifies Redis after 
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,15 +16,18 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Connection,
     CursorResult,
     Float,
     Table,
+    any_,
     bindparam,
     case,
     delete,
     func,
+    insert,
     literal_column,
     select,
     text,
@@ -35,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from ntq import serialize
 from ntq.models import CANCELLED, COMPLETED, FAILED, PENDING, TERMINAL, App, Attempt, Task
+from ntq.prepared import Prepared
 from ntq.records import Acquired, AttemptResult, NewTask, TaskView, Verdict
 from ntq.uuid7 import uuid7
 
@@ -159,15 +164,7 @@ def get(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None
     return TaskView.from_row(row) if row else None
 
 
-def acquire(conn: Db, ids: Sequence[uuid.UUID]) -> list[Acquired]:
-    """Take the due tasks among ``ids``: PENDING ones for one delivery attempt each,
-    CANCELLED ones that still owe their hook a DELETE notice.
-
-    One statement: a delivery's ``retry_count`` += 1, and ``due`` is pushed past the
-    attempt's end (timeout plus grace) so no other worker takes the task while this
-    attempt can still run. Ids that are not due (running elsewhere, delayed, finished,
-    deleted) are skipped.
-    """
+def _acquire_statement() -> Prepared:
     secret = (
         select(apps.c.signing_secret).where(apps.c.id == tasks.c.app_id).scalar_subquery()
     )
@@ -175,8 +172,8 @@ def acquire(conn: Db, ids: Sequence[uuid.UUID]) -> list[Acquired]:
     lease = case((delivering, tasks.c.timeout), else_=NOTICE_TIMEOUT * 3) + LEASE_GRACE
     stmt = (
         update(tasks)
-        .where(tasks.c.id.in_(ids), tasks.c.due <= func.now(),
-               delivering | tasks.c.cancel_notice)
+        .where(tasks.c.id == any_(bindparam("ids", type_=ARRAY(tasks.c.id.type))),
+               tasks.c.due <= func.now(), delivering | tasks.c.cancel_notice)
         .values(
             retry_count=case((delivering, tasks.c.retry_count + 1),
                              else_=tasks.c.retry_count),
@@ -186,7 +183,27 @@ def acquire(conn: Db, ids: Sequence[uuid.UUID]) -> list[Acquired]:
         .returning(*[tasks.c[name] for name in Acquired.__dataclass_fields__ if name != "secret"],
                    secret.label("secret"))
     )
-    return [Acquired.from_row(row) for row in conn.execute(stmt)]
+    return Prepared.of("ntq_acquire", stmt)
+
+
+_ACQUIRE = _acquire_statement()
+
+
+def acquire(conn: Db, ids: Sequence[uuid.UUID]) -> list[Acquired]:
+    """Take the due tasks among ``ids``: PENDING ones for one delivery attempt each,
+    CANCELLED ones that still owe their hook a DELETE notice.
+
+    One statement: a delivery's ``retry_count`` += 1, and ``due`` is pushed past the
+    attempt's end (timeout plus grace) so no other worker takes the task while this
+    attempt can still run. Ids that are not due (running elsewhere, delayed, finished,
+    deleted) are skipped.
+    """
+    return [Acquired.from_row(row) for row in _ACQUIRE.rows(_connection(conn), {"ids": list(ids)})]
+
+
+def _connection(db: Db) -> Connection:
+    """The Core connection under ``db`` (prepared statements run on the driver)."""
+    return db if isinstance(db, Connection) else db.connection()
 
 
 @dataclass(frozen=True)
@@ -208,18 +225,17 @@ def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) ->
 
 
 def finish_many(conn: Db, outcomes: Sequence[Outcome]) -> list[Finished]:
-    """Apply verdicts, each guarded by its attempt number, and record the attempts: two
-    statements for the whole batch.
+    """Apply verdicts, each guarded by its attempt number, and record the attempts: one
+    statement for the whole batch.
 
     A status is None when the attempt was stale (the task was cancelled, deleted or
     re-acquired meanwhile): nothing changed, and the attempt is recorded as ``stale``.
-    Reaching a terminal state with a ``callback`` creates the callback's delivery task in
-    the same transaction.
+    Reaching a terminal state with a ``callback`` creates the callback's delivery task
+    (in the caller's transaction: give one for tasks with callbacks).
     """
-    applied = _apply_many(conn, [o for o in outcomes if o[2].outcome != "interrupted"])
+    rows = _FINISH.rows(_connection(conn), {"batch": _finish_json(outcomes)})
+    applied = {(row.id, row.retry_count) for row in rows}
     finished = [_finished(task, verdict, applied) for task, _, verdict in outcomes]
-    _record_many(conn, [(task, result, done.outcome)
-                        for (task, result, _), done in zip(outcomes, finished, strict=True)])
     return [_with_callback(conn, task, done)
             for (task, _, _), done in zip(outcomes, finished, strict=True)]
 
@@ -227,8 +243,9 @@ def finish_many(conn: Db, outcomes: Sequence[Outcome]) -> list[Finished]:
 _STATUS_OF = {"complete": COMPLETED, "fail": FAILED, "retry": PENDING}
 
 
-def _finished(task: Acquired, verdict: Verdict, applied: set[uuid.UUID]) -> Finished:
-    if task.id in applied:
+def _finished(task: Acquired, verdict: Verdict,
+              applied: set[tuple[uuid.UUID, int]]) -> Finished:
+    if (task.id, task.retry_count) in applied:
         return Finished(_STATUS_OF[verdict.outcome], outcome=verdict.outcome)
     return Finished(None, outcome="interrupted" if verdict.outcome == "interrupted" else "stale")
 
@@ -239,76 +256,64 @@ def _with_callback(conn: Db, task: Acquired, done: Finished) -> Finished:
     return Finished(done.status, add_callback(conn, task.id), done.outcome)
 
 
-_APPLY_MANY = text(
+# The batch travels as one JSON array (bodies in base64). The guarded UPDATE applies each
+# verdict (interrupted attempts change nothing) and the INSERT records every attempt, as
+# ``stale`` where the UPDATE found a newer state; tasks deleted meanwhile get no record.
+_FINISH = Prepared.of("ntq_finish", text(
     """
-    UPDATE tasks AS t
-    SET status = v.status, modified = now(), last_status_code = v.code,
-        last_error = v.error, due = now() + v.delay * interval '1 second'
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:numbers AS integer[]),
-                CAST(:statuses AS text[]), CAST(:codes AS integer[]),
-                CAST(:errors AS text[]), CAST(:delays AS float8[]))
-         AS v(id, number, status, code, error, delay)
-    WHERE t.id = v.id AND t.retry_count = v.number AND t.status = 'PENDING'
-    RETURNING t.id
+    WITH given AS (
+        SELECT * FROM json_to_recordset(CAST(:batch AS json)) AS g(
+            task_id uuid, number integer, status text, code integer, last_error text,
+            delay float8, method text, started timestamptz, elapsed_ms integer,
+            reason text, headers json, body text, truncated boolean, error text,
+            outcome text)
+    ),
+    applied AS (
+        UPDATE tasks AS t
+        SET status = g.status, modified = now(), last_status_code = g.code,
+            last_error = g.last_error, due = now() + g.delay * interval '1 second'
+        FROM given AS g
+        WHERE t.id = g.task_id AND t.retry_count = g.number AND t.status = 'PENDING'
+          AND g.outcome <> 'interrupted'
+        RETURNING t.id, t.retry_count
+    ),
+    recorded AS (
+        INSERT INTO attempts (task_id, number, method, started, elapsed_ms, status_code,
+                              reason, headers, body, truncated, error, outcome)
+        SELECT g.task_id, g.number, g.method, g.started, g.elapsed_ms, g.code, g.reason,
+               CAST(g.headers AS jsonb), decode(g.body, 'base64'), g.truncated, g.error,
+               CASE WHEN (g.task_id, g.number) IN (SELECT id, retry_count FROM applied)
+                    THEN g.outcome
+                    WHEN g.outcome = 'interrupted' THEN 'interrupted'
+                    ELSE 'stale' END
+        FROM given AS g
+        WHERE EXISTS (SELECT 1 FROM tasks WHERE id = g.task_id)
+    )
+    SELECT id, retry_count FROM applied
     """
-)
+))
 
 
-def _apply_many(conn: Db, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
-    """The guarded UPDATE for every verdict at once; returns the ids it applied to.
-    A finished task keeps no lease (``due`` is now); a retry's is its wait."""
-    if not outcomes:
-        return set()
-    rows = conn.execute(_APPLY_MANY, {
-        "ids": [str(task.id) for task, _, _ in outcomes],
-        "numbers": [task.retry_count for task, _, _ in outcomes],
-        "statuses": [_STATUS_OF[verdict.outcome] for _, _, verdict in outcomes],
-        "codes": [result.status_code for _, result, _ in outcomes],
-        "errors": [verdict.error for _, _, verdict in outcomes],
-        "delays": [float(verdict.delay or 0) for _, _, verdict in outcomes],
-    })
-    return {uuid.UUID(str(row[0])) for row in rows}
-
-
-_RECORD_MANY = text(
-    """
-    INSERT INTO attempts (task_id, number, method, started, elapsed_ms, status_code, reason,
-                          headers, body, truncated, error, outcome)
-    SELECT a.* FROM unnest(
-        CAST(:task_ids AS uuid[]), CAST(:numbers AS integer[]), CAST(:methods AS text[]),
-        CAST(:started AS timestamptz[]), CAST(:elapsed AS integer[]),
-        CAST(:codes AS integer[]), CAST(:reasons AS text[]), CAST(:headers AS jsonb[]),
-        CAST(:bodies AS bytea[]), CAST(:truncated AS boolean[]), CAST(:errors AS text[]),
-        CAST(:outcomes AS text[]))
-        AS a(task_id, number, method, started, elapsed_ms, status_code, reason, headers,
-             body, truncated, error, outcome)
-    WHERE EXISTS (SELECT 1 FROM tasks WHERE id = a.task_id)
-    """
-)
-
-
-def _record_many(conn: Db, rows: Sequence[tuple[Acquired, AttemptResult, str]]) -> None:
-    """Store the HTTP calls made (none for tasks deleted meanwhile), in one statement."""
-    conn.execute(_RECORD_MANY, {
-        "task_ids": [str(task.id) for task, _, _ in rows],
-        "numbers": [task.retry_count for task, _, _ in rows],
-        "methods": [r.method for _, r, _ in rows],
-        "started": [r.started for _, r, _ in rows],
-        "elapsed": [r.elapsed_ms for _, r, _ in rows],
-        "codes": [r.status_code for _, r, _ in rows],
-        "reasons": [r.reason for _, r, _ in rows],
-        "headers": [None if r.headers is None else serialize.dumps(r.headers).decode()
-                    for _, r, _ in rows],
-        "bodies": [r.body for _, r, _ in rows],
-        "truncated": [r.truncated for _, r, _ in rows],
-        "errors": [r.error for _, r, _ in rows],
-        "outcomes": [outcome for _, _, outcome in rows],
-    })
+def _finish_json(outcomes: Sequence[Outcome]) -> str:
+    return serialize.dumps([{
+        "task_id": task.id, "number": task.retry_count,
+        "status": _STATUS_OF.get(verdict.outcome), "code": result.status_code,
+        "last_error": verdict.error, "delay": float(verdict.delay or 0),
+        "method": result.method, "started": result.started, "elapsed_ms": result.elapsed_ms,
+        "reason": result.reason, "headers": result.headers,
+        "body": None if result.body is None else base64.b64encode(result.body).decode(),
+        "truncated": result.truncated, "error": result.error, "outcome": verdict.outcome,
+    } for task, result, verdict in outcomes]).decode()
 
 
 def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> bool:
     """Record the DELETE sent to a cancelled task's hook; the notice is no longer owed."""
-    _record_many(conn, [(task, result, "cancel_notice")])
+    conn.execute(insert(attempts).values(
+        task_id=task.id, number=task.retry_count, method=result.method,
+        started=result.started, elapsed_ms=result.elapsed_ms,
+        status_code=result.status_code, reason=result.reason, headers=result.headers,
+        body=result.body, truncated=result.truncated, error=result.error,
+        outcome="cancel_notice"))
     conn.execute(update(tasks).where(tasks.c.id == task.id, tasks.c.cancel_notice)
                  .values(cancel_notice=False, modified=func.now()))
     return True

@@ -114,17 +114,19 @@ class Worker:
         self.pool.spawn(self._notice, task)
 
     def _take(self, free: int) -> list[uuid.UUID]:
-        popped = self.redis.blpop([self.settings.queue_key], timeout=notify.BLOCKING_WAIT)
+        """Wait for an id, then take up to ``free`` in all: one round trip, since Redis
+        runs the pipeline's LPOP only once its BLPOP has been served."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.blpop([self.settings.queue_key], timeout=notify.BLOCKING_WAIT)
+        if free > 1:
+            pipe.lpop(self.settings.queue_key, min(free - 1, MAX_BATCH))
+        popped, *more = pipe.execute()
         if popped is None:
             return []
-        raw: list[Any] = [popped[1]]
-        if free > 1:
-            more = self.redis.lpop(self.settings.queue_key, min(free - 1, MAX_BATCH))
-            raw.extend(more or [])
-        return _parse_ids(raw)
+        return _parse_ids([popped[1], *(more[0] if more and more[0] else [])])
 
     def _acquire(self, ids: list[uuid.UUID]) -> list[Acquired]:
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:  # one statement: atomic in autocommit
             return queue.acquire(conn, ids)
 
     def _attempt(self, task: Acquired) -> None:
@@ -148,7 +150,7 @@ class Worker:
         structlog.contextvars.bind_contextvars(task_id=str(task.id))
         result = delivery.send_cancel_notice(self.session, task)
         log.info("worker.cancel_notice", status_code=result.status_code, error=result.error)
-        if self._write(lambda conn: queue.finish_notice(conn, task, result)):
+        if self._write(lambda conn: queue.finish_notice(conn, task, result), atomic=True):
             self.notifier.attempted([notify.Attempted(task.id, "cancel_notice",
                                                       result.elapsed_ms)])
 
@@ -169,7 +171,10 @@ class Worker:
                     self.outcomes.task_done()
 
     def _record(self, batch: list[queue.Outcome]) -> None:
-        finished = self._write(lambda conn: queue.finish_many(conn, batch))
+        # One statement records the batch; creating callback tasks adds more, which
+        # must commit with it.
+        finished = self._write(lambda conn: queue.finish_many(conn, batch),
+                               atomic=any(task.callback for task, _, _ in batch))
         if finished is None:
             return  # the leases expire and the tasks are attempted again
         events = []
@@ -181,15 +186,18 @@ class Worker:
                                            done.status, retry_at, done.callback_id))
         self.notifier.attempted(events)
 
-    def _write(self, action: Callable[[Connection], T]) -> T | None:
-        """Run ``action`` in a transaction, retrying through a database outage for a
-        while; None if it never succeeded (the lease then expires and the task is
-        retried)."""
+    def _write(self, action: Callable[[Connection], T], atomic: bool = False) -> T | None:
+        """Run ``action`` (in a transaction if ``atomic``; the engine is in autocommit),
+        retrying through a database outage for a while; None if it never succeeded (the
+        lease then expires and the task is retried)."""
         deadline = time.monotonic() + FINISH_RETRY_FOR
         while True:
             try:
-                with self.engine.begin() as conn:
-                    return action(conn)
+                with self.engine.connect() as conn:
+                    if atomic:
+                        conn.execution_options(isolation_level="READ COMMITTED")
+                    with conn.begin():
+                        return action(conn)
             except SQLAlchemyError as exc:
                 if time.monotonic() > deadline:
                     log.error("worker.write_failed", error=str(exc).splitlines()[0])

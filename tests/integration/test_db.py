@@ -10,7 +10,8 @@ from ntq.db import make_engine
 @pytest.mark.parametrize(("options", "autocommit", "synchronous"), [
     ({}, False, "on"),
     ({"autocommit": True}, True, "on"),  # the web's enqueue statements
-    ({"durable_commits": False}, False, "off"),  # the worker's leases and outcomes
+    ({"durable_commits": False}, False, "off"),
+    ({"autocommit": True, "durable_commits": False}, True, "off"),  # the worker's
 ])
 def test_engine_modes(migrated: str, options: dict[str, bool], autocommit: bool,
                       synchronous: str) -> None:

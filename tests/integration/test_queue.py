@@ -167,6 +167,26 @@ def test_finish_of_a_stale_attempt_changes_nothing(engine: Engine, creds: Creden
     assert (stored.status, stored.last_error) == ("COMPLETED", None)
 
 
+def test_a_stale_and_the_current_attempt_finishing_in_one_batch(engine: Engine,
+                                                                creds: Credentials) -> None:
+    """Outcomes are matched by task and attempt number: the stale one is recorded as
+    such, even beside its task's current attempt."""
+    task = put(engine, creds)
+    (first,) = take(engine, task.id)
+    expire_lease(engine, task.id)
+    (second,) = take(engine, task.id)
+    with engine.begin() as conn:
+        done = queue.finish_many(conn, [(first, result(200), Verdict("complete")),
+                                        (second, result(500), Verdict("fail", error="x"))])
+    assert [(d.status, d.outcome) for d in done] == [(None, "stale"), ("FAILED", "fail")]
+    with engine.begin() as conn:
+        recorded = conn.execute(text(
+            "SELECT number, outcome FROM attempts WHERE task_id = :id ORDER BY number"),
+            {"id": task.id})
+        assert [tuple(r) for r in recorded] == [(1, "stale"), (2, "fail")]
+    assert row(engine, task.id).status == "FAILED"
+
+
 def test_cancel_then_finish_changes_nothing(engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds)
     (held,) = take(engine, task.id)
