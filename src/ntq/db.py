@@ -6,9 +6,7 @@ waits on the hub instead of blocking it.
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -38,15 +36,10 @@ def normalize_url(url: str) -> str:
 
 
 def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10,
-                autocommit: bool = False, durable_commits: bool = True) -> Engine:
+                autocommit: bool = False) -> Engine:
     """An engine whose pool suits ``pool_size`` concurrent users of one process.
-
-    ``autocommit`` engines run each statement as its own transaction (no BEGIN). Without
-    ``durable_commits``, a commit returns before its WAL reaches the disk
-    (``synchronous_commit = off``): a PostgreSQL crash may then undo the last fraction of
-    a second of commits, never corrupt anything.
-    """
-    engine = create_engine(
+    ``autocommit`` engines run each statement as its own transaction (no BEGIN)."""
+    return create_engine(
         normalize_url(url),
         isolation_level="AUTOCOMMIT" if autocommit else None,
         pool_size=pool_size,
@@ -57,15 +50,6 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "ntq"},
     )
-    if not durable_commits:
-        event.listen(engine, "connect", _commit_asynchronously)
-    return engine
-
-
-def _commit_asynchronously(dbapi_connection: Any, _record: Any) -> None:
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute("SET synchronous_commit = off")
-    dbapi_connection.commit()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

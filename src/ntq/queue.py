@@ -298,12 +298,26 @@ def _finish_json(outcomes: Sequence[Outcome]) -> str:
     return serialize.dumps([{
         "task_id": task.id, "number": task.retry_count,
         "status": _STATUS_OF.get(verdict.outcome), "code": result.status_code,
-        "last_error": verdict.error, "delay": float(verdict.delay or 0),
+        "last_error": _storable(verdict.error), "delay": float(verdict.delay or 0),
         "method": result.method, "started": result.started, "elapsed_ms": result.elapsed_ms,
-        "reason": result.reason, "headers": result.headers,
+        "reason": _storable(result.reason),
+        "headers": _storable_headers(result.headers),
         "body": None if result.body is None else base64.b64encode(result.body).decode(),
-        "truncated": result.truncated, "error": result.error, "outcome": verdict.outcome,
+        "truncated": result.truncated, "error": _storable(result.error),
+        "outcome": verdict.outcome,
     } for task, result, verdict in outcomes]).decode()
+
+
+def _storable(text: str | None) -> Any:
+    """``text`` without NUL characters, which PostgreSQL's text and jsonb refuse: a hook
+    could otherwise put them in a reason phrase or header and make its outcome, and every
+    other in the batch, unrecordable."""
+    return text.replace("\x00", "") if text else text
+
+
+def _storable_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+    return None if headers is None else {
+        _storable(name): _storable(value) for name, value in headers.items()}
 
 
 def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> bool:
@@ -311,8 +325,9 @@ def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> bool:
     conn.execute(insert(attempts).values(
         task_id=task.id, number=task.retry_count, method=result.method,
         started=result.started, elapsed_ms=result.elapsed_ms,
-        status_code=result.status_code, reason=result.reason, headers=result.headers,
-        body=result.body, truncated=result.truncated, error=result.error,
+        status_code=result.status_code, reason=_storable(result.reason),
+        headers=_storable_headers(result.headers),
+        body=result.body, truncated=result.truncated, error=_storable(result.error),
         outcome="cancel_notice"))
     conn.execute(update(tasks).where(tasks.c.id == task.id, tasks.c.cancel_notice)
                  .values(cancel_notice=False, modified=func.now()))

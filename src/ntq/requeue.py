@@ -61,6 +61,9 @@ class Requeue:
         except (SQLAlchemyError, redis.RedisError) as exc:
             log.warning("requeue.round_failed", error=str(exc).splitlines()[0])
             return False
+        except Exception:  # one bad row must not stop the poller that every task relies on
+            log.exception("requeue.round_failed")
+            return False
 
     def round(self) -> bool:
         """One locked round; True if a backlog remains to push right away."""

@@ -18,12 +18,9 @@ def run_worker(settings: Settings, grace: float) -> None:
     assert settings.database_url
     # A fixed pool: attempts hold a connection only to acquire, and outcomes are written
     # in batches, so a few connections serve hundreds of attempts in flight.
-    # A worker's commits need not wait for the disk: if PostgreSQL crashes and loses the
-    # last of them, the tasks they leased or finished are simply delivered again
-    # (at-least-once). Accepting and cancelling tasks (the web) always wait.
     # Autocommit: acquiring and recording a batch are one statement each.
     engine = make_engine(settings.database_url, pool_size=min(settings.worker_concurrency, 10),
-                         max_overflow=0, autocommit=True, durable_commits=False)
+                         max_overflow=0, autocommit=True)
     worker = Worker(settings, engine, settings.worker_concurrency, grace=grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, worker.request_stop)

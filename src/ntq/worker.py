@@ -126,7 +126,7 @@ class Worker:
         return _parse_ids([popped[1], *(more[0] if more and more[0] else [])])
 
     def _acquire(self, ids: list[uuid.UUID]) -> list[Acquired]:
-        with self.engine.connect() as conn:  # one statement: atomic in autocommit
+        with self.engine.begin() as conn:  # one statement (autocommit: no BEGIN)
             return queue.acquire(conn, ids)
 
     def _attempt(self, task: Acquired) -> None:

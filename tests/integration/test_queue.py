@@ -187,6 +187,25 @@ def test_a_stale_and_the_current_attempt_finishing_in_one_batch(engine: Engine,
     assert row(engine, task.id).status == "FAILED"
 
 
+def test_nul_characters_from_a_hook_do_not_stop_outcomes_being_recorded(
+        engine: Engine, creds: Credentials) -> None:
+    """PostgreSQL's text refuses NUL: a hostile hook's reason or headers must not make its
+    outcome, or the rest of its batch, unrecordable."""
+    hostile, other = put(engine, creds), put(engine, creds)
+    (held,) = take(engine, hostile.id)
+    (fine,) = take(engine, other.id)
+    answer = AttemptResult(method="POST", started=datetime.now(UTC), elapsed_ms=1,
+                           status_code=200, reason="O\x00K", headers={"X-\x00": "a\x00b"})
+    with engine.begin() as conn:
+        queue.finish_many(conn, [(held, answer, Verdict("complete")),
+                                 (fine, result(200), Verdict("complete"))])
+    assert row(engine, hostile.id).status == "COMPLETED"
+    assert row(engine, other.id).status == "COMPLETED"
+    with engine.begin() as conn:
+        stored = queue.latest_response(conn, hostile.id)
+    assert (stored.reason, stored.headers) == ("OK", {"X-": "ab"})
+
+
 def test_cancel_then_finish_changes_nothing(engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds)
     (held,) = take(engine, task.id)

@@ -40,6 +40,12 @@ def api_error(exc: ApiError, request: Request) -> Response:
     return error_response(exc.status, exc.code, exc.message, **exc.extra)
 
 
+@exception_view_config(UnicodeDecodeError)
+def not_utf8(exc: UnicodeDecodeError, request: Request) -> Response:
+    """The query string, a form or a header that must be text is not valid UTF-8."""
+    return error_response(400, "invalid_encoding", "the request is not valid UTF-8")
+
+
 @exception_view_config(HTTPException)
 def http_error(exc: HTTPException, request: Request) -> Response:
     if isinstance(exc, PredicateMismatch) and request.matched_route is not None:

@@ -79,6 +79,9 @@ def _is_epoch(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _timestamp(value: Any) -> datetime:
     """ISO 8601 (naive means UTC) or epoch seconds, no further than a year ahead."""
     try:
@@ -88,10 +91,12 @@ def _timestamp(value: Any) -> datetime:
             when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         else:
             raise TypeError
+        when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         raise bad("invalid_not_before",
                   "not_before must be an ISO 8601 time or epoch seconds") from None
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when < EARLIEST:
+        raise bad("invalid_not_before", "not_before must be after 1970-01-01")
     if when > datetime.now(UTC) + timedelta(seconds=MAX_DELAY):
         raise bad("invalid_not_before", "not_before must be within a year")
     return when

@@ -80,12 +80,20 @@ def created_response(request: Request, task: TaskView, created: bool) -> Respons
     return task_response(request, task, 201 if created else 200, Location=location)
 
 
+# Bodies larger than this are read only once the key is known to be valid: an unknown
+# caller must not make the web read, parse and store megabytes before its 401.
+EARLY_AUTH_BYTES = 64 * 1024
+
+
 def validated(request: Request, parse: Callable[[], T]) -> T:
     """``parse()``; but when it finds the request bad, a bad key is still a 401 first."""
+    if ((request.content_length or 0) > EARLY_AUTH_BYTES
+            or request.headers.get("Transfer-Encoding")):
+        request.caller  # noqa: B018  (raises 401 without a valid key)
     try:
         return parse()
-    except ApiError:
-        request.caller  # noqa: B018  (raises 401 without a valid key)
+    except (ApiError, UnicodeDecodeError):
+        request.caller  # noqa: B018
         raise
 
 
