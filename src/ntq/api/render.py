@@ -19,11 +19,21 @@ def json_response(data: Any, status: int = 200, **headers: str) -> Response:
 
 
 def task_links(request: Request, task_id: str) -> dict[str, str]:
+    """The task's resources (routes ``task``, ``task_response``, ``task_attempts``), built
+    from ``/tasks`` once per request: a batch answer lists up to 1,000 tasks."""
+    base = _tasks_url(request)
     return {
-        "self": request.route_url("task", id=task_id),
-        "response": request.route_url("task_response", id=task_id),
-        "attempts": request.route_url("task_attempts", id=task_id),
+        "self": f"{base}/{task_id}",
+        "response": f"{base}/{task_id}/response",
+        "attempts": f"{base}/{task_id}/attempts",
     }
+
+
+def _tasks_url(request: Request) -> str:
+    url: str | None = request.environ.get("ntq.tasks_url")
+    if url is None:
+        url = request.environ["ntq.tasks_url"] = request.route_url("tasks")
+    return url
 
 
 def link_header(links: dict[str, str]) -> str:
