@@ -4,7 +4,8 @@ For a short statement PostgreSQL can spend as long planning as running it; a pre
 statement is planned once per connection. Values go to psycopg2 as they are (SQLAlchemy's
 type processing is bypassed): psycopg2 adapts all but dicts, sent here as JSON.
 Where the prepared statement is missing (a pooler in transaction mode, ``DISCARD ALL``),
-the call runs the same statement unprepared.
+the call runs the same statement unprepared; inside a transaction, which the failure has
+aborted, it raises instead, and the caller's retry prepares the statement again.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Prepared:
             if _pgcode(exc) != errorcodes.INVALID_SQL_STATEMENT_NAME:
                 raise
             info.pop(self.name, None)
+            if not getattr(conn.connection.dbapi_connection, "autocommit", False):
+                raise  # the transaction is aborted; the caller's retry prepares it again
             values = {name: adapt(value) for name, value in params.items()}
             return list(conn.exec_driver_sql(self.unprepared, values))
 

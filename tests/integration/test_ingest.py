@@ -3,6 +3,7 @@ key check and insert in one autocommit statement, prepared once per connection."
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -164,3 +165,20 @@ def test_the_views_returned_are_the_stored_tasks(conn: Connection, engine: Engin
     with engine.connect() as c:
         for task, _ in one.results + many.results:
             assert queue.get(c, task.id, creds.app_id) == task
+
+
+def test_a_lost_prepared_statement_inside_a_transaction_fails_once(
+        engine: Engine, creds: Credentials) -> None:
+    """The failed EXECUTE aborts the transaction: the call raises, and a retry (as the
+    worker's writes do) prepares the statement again."""
+    with engine.begin() as c:
+        task, _ = queue.enqueue(c, NewTask(url=HOOK), creds.app_id)
+    with engine.connect() as c:
+        with c.begin():
+            queue.acquire(c, [uuid.uuid4()])  # prepares it on this connection
+            c.exec_driver_sql("DEALLOCATE ALL")
+        with pytest.raises(DBAPIError), c.begin():
+            queue.acquire(c, [task.id])
+        with c.begin():
+            [held] = queue.acquire(c, [task.id])
+    assert held.id == task.id

@@ -186,9 +186,11 @@ def readyz(request: Request) -> Response:
 
 
 def _check_db(request: Request) -> str:
+    """Both pools answer: the request transactions' and the enqueue statements'."""
     try:
-        with request.registry.ntq_engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        for engine in (request.registry.ntq_engine, request.registry.ntq_autocommit):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         return f"unreachable: {type(exc).__name__}"
     return "ok"
