@@ -6,7 +6,10 @@ waits on the hub instead of blocking it.
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData, create_engine
+import contextlib
+from collections.abc import Iterator
+
+from sqlalchemy import Connection, MetaData, create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -50,6 +53,19 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "ntq"},
     )
+
+
+@contextlib.contextmanager
+def transaction(conn: Connection) -> Iterator[Connection]:
+    """A real transaction on a connection of an autocommit engine (which otherwise sends
+    no BEGIN); the connection is back in autocommit afterwards."""
+    conn.commit()  # end SQLAlchemy's bookkeeping of earlier autocommitted statements
+    conn.execution_options(isolation_level="READ COMMITTED")
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

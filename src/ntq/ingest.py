@@ -3,9 +3,11 @@
 ``POST /`` is the busiest route, so it costs one round trip to PostgreSQL: the key's
 lookup is a CTE of the INSERT, run in autocommit. The task is durable when the statement
 returns, and a revoked key is refused at once (keys are never cached).
-A batch is one statement too: the tasks' fields as arrays, unnested, so it is all or
-nothing without a transaction block. Both statements are prepared once per connection
-(:mod:`ntq.prepared`), which halves PostgreSQL's work per request.
+
+A batch is one statement too: the tasks travel as one JSON document, unpacked by
+``json_to_recordset``, so it is all or nothing without a transaction block. Both
+statements are prepared once per connection (:mod:`ntq.prepared`), which halves
+PostgreSQL's work per request.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sqlalchemy.dialects.postgresql import JSONB, Insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ntq import apps, queue, serialize
+from ntq.db import transaction
 from ntq.models import PENDING
 from ntq.prepared import Prepared
 from ntq.records import NewTask, TaskView
@@ -175,15 +178,10 @@ def submit_batch(conn: Connection, batch: Sequence[NewTask],
 
 def _batch_in_transaction(conn: Connection, batch: Sequence[NewTask],
                           key: str | None) -> Submitted | None:
-    conn.commit()  # end SQLAlchemy's bookkeeping of earlier autocommitted statements
-    conn.execution_options(isolation_level="READ COMMITTED")
-    try:
-        with conn.begin():
-            if key is None:
-                return Submitted(None, None, queue.enqueue_many(conn, batch, None))
-            owner = apps.authenticate(conn, key)
-            if owner is None:
-                return None
-            return Submitted(*owner, results=queue.enqueue_many(conn, batch, owner[0]))
-    finally:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
+    with transaction(conn):
+        if key is None:
+            return Submitted(None, None, queue.enqueue_many(conn, batch, None))
+        owner = apps.authenticate(conn, key)
+        if owner is None:
+            return None
+        return Submitted(*owner, results=queue.enqueue_many(conn, batch, owner[0]))

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ntq import delivery, notify, queue
 from ntq.config import Settings
+from ntq.db import transaction
 from ntq.records import Acquired, AttemptResult, Verdict
 
 log = structlog.get_logger(__name__)
@@ -193,11 +194,9 @@ class Worker:
         deadline = time.monotonic() + FINISH_RETRY_FOR
         while True:
             try:
-                with self.engine.connect() as conn:
-                    if atomic:
-                        conn.execution_options(isolation_level="READ COMMITTED")
-                    with conn.begin():
-                        return action(conn)
+                with (self.engine.connect() as conn,
+                      transaction(conn) if atomic else conn.begin()):
+                    return action(conn)
             except SQLAlchemyError as exc:
                 if time.monotonic() > deadline:
                     log.error("worker.write_failed", error=str(exc).splitlines()[0])
