@@ -2,7 +2,8 @@
 
 Enqueue throughput (``POST /``, then ``POST /tasks`` arrays), end-to-end throughput,
 enqueue-to-hook latency at a fixed offered rate, 1,000 one-second hooks through one worker,
-and peak memory: shown as a table, and as JSON (``--json PATH``, else printed last).
+peak memory, and the machine's ceilings without ntq (:mod:`ntq.bench_ceiling`): shown as a
+table, and as JSON (``--json PATH``, else printed last).
 
 Without ``DATABASE_URL`` / ``REDIS_URL``, embedded servers run in a temporary data directory
 removed afterwards. The hook receiver (:mod:`ntq.bench_hook`) and the load generator
@@ -27,7 +28,7 @@ from typing import Any
 from ntq.config import ConfigError, Settings, load_settings
 
 SCENARIO_NAMES = ("enqueue", "batch", "end_to_end", "end_to_end_batch", "latency",
-                  "concurrency")
+                  "concurrency", "ceilings")
 
 # option: (environment variable, type, full-run default, --quick default, help)
 SIZES: dict[str, tuple[str, Callable[[str], Any], Any, Any, str]] = {
@@ -77,7 +78,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                              "a temporary directory, kept only if the run fails)")
     parser.add_argument("--profile", type=Path, default=os.environ.get("NTQ_BENCH_PROFILE"),
                         help="record py-spy profiles (collapsed stacks) of the web and worker "
-                             "per scenario into this directory (env NTQ_BENCH_PROFILE)")
+                             "per scenario into this directory, each with a summary by package "
+                             "and function (env NTQ_BENCH_PROFILE)")
 
 
 def _sizes(args: argparse.Namespace) -> Any:
@@ -127,7 +129,7 @@ def _describe(original: Settings, names: list[str], web_workers: int) -> dict[st
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when every scenario completed."""
-    from ntq.bench_report import Progress, assess, render
+    from ntq.bench_report import Progress, assess, render, shares
     from ntq.bench_scenarios import run_all
     from ntq.bench_stack import Stack
 
@@ -148,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ntq bench: failed; the processes' logs are in {log_dir}", file=sys.stderr)
         raise
     results["targets"] = assess(results)
+    if "ceilings" in results:
+        results["ceiling_shares"] = shares(results)
     _output(results, args.json, render(results))
     if args.log_dir is None:
         shutil.rmtree(log_dir, ignore_errors=True)

