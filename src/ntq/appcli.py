@@ -67,11 +67,41 @@ def _list(conn: apps.Db, args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(conn: apps.Db, args: argparse.Namespace) -> int:
+    app_id = apps.by_name(conn, args.name)
+    if app_id is None:
+        print(f"ntq: no application named {args.name!r}")
+        return 1
+    keys = apps.keys_of(conn, app_id)
+    if args.json:
+        print(orjson.dumps([{"prefix": k.prefix, "created": k.created, "revoked": k.revoked}
+                            for k in keys], option=orjson.OPT_UTC_Z).decode())
+        return 0
+    for k in keys:
+        state = f"revoked {k.revoked:%Y-%m-%d %H:%M}" if k.revoked else "active"
+        print(f"{k.prefix}...\t{k.created:%Y-%m-%d %H:%M}\t{state}")
+    return 0
+
+
+def _revoke_key(conn: apps.Db, given: str) -> int:
+    """Revoke the active key named by ``given``: the whole key, or its prefix as
+    ``ntq apps keys`` shows it when that names only one active key."""
+    given = given.removesuffix("...")
+    found = apps.active_keys_matching(conn, given)
+    if len(found) > 1:
+        print(f"ntq: {len(found)} active keys start with {given!r}; give the whole key")
+        return 1
+    if not found:
+        print("ntq: no such active key")
+        return 1
+    apps.revoke_key_id(conn, found[0])
+    print("key revoked")
+    return 0
+
+
 def _revoke(conn: apps.Db, args: argparse.Namespace) -> int:
     if args.key:
-        done = apps.revoke_key(conn, args.key)
-        print("key revoked" if done else "ntq: no such active key")
-        return 0 if done else 1
+        return _revoke_key(conn, args.key)
     if not args.name:
         print("ntq: name an application, or give --key")
         return 2
@@ -80,4 +110,5 @@ def _revoke(conn: apps.Db, args: argparse.Namespace) -> int:
     return 0 if done else 1
 
 
-ACTIONS = {"create": _create, "list": _list, "revoke": _revoke, "add-key": _add_key}
+ACTIONS = {"create": _create, "list": _list, "keys": _keys, "revoke": _revoke,
+           "add-key": _add_key}

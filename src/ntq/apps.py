@@ -95,12 +95,33 @@ def revoke(db: Db, name: str) -> bool:
     return True
 
 
-def revoke_key(db: Db, key: str) -> bool:
-    """Revoke one API key; True if it was active."""
-    stmt = (update(api_keys)
-            .where(api_keys.c.digest == digest(key), api_keys.c.revoked.is_(None))
-            .values(revoked=func.now()).returning(api_keys.c.id))
-    return db.execute(stmt).first() is not None
+@dataclass(frozen=True)
+class KeyInfo:
+    """An API key as it can be shown again: its first characters, never the key."""
+
+    prefix: str
+    created: datetime
+    revoked: datetime | None
+
+
+def keys_of(db: Db, app_id: uuid.UUID) -> list[KeyInfo]:
+    """The application's keys, oldest first."""
+    stmt = (select(api_keys.c.prefix, api_keys.c.created, api_keys.c.revoked)
+            .where(api_keys.c.app_id == app_id).order_by(api_keys.c.created))
+    return [KeyInfo(*row) for row in db.execute(stmt)]
+
+
+def active_keys_matching(db: Db, given: str) -> list[uuid.UUID]:
+    """Ids of the active keys that ``given`` names: the whole key, or the prefix that
+    ``ntq apps keys`` shows (which may name several keys)."""
+    stmt = (select(api_keys.c.id)
+            .where(api_keys.c.revoked.is_(None),
+                   (api_keys.c.digest == digest(given)) | (api_keys.c.prefix == given)))
+    return list(db.execute(stmt).scalars())
+
+
+def revoke_key_id(db: Db, key_id: uuid.UUID) -> None:
+    db.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked=func.now()))
 
 
 def authenticate(db: Db, key: str) -> tuple[uuid.UUID, str] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
 
 from ntq.config import Settings
@@ -23,6 +23,18 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
 
 # gunicorn's workers call util.write_error for requests that never reach the app.
 util.write_error = write_json_error
+
+
+class RootLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn is untyped
+    """gunicorn's own messages (a port in use, a worker that died) through the handler
+    :func:`ntq.logs.configure` set up, so they follow ``NTQ_LOG_FORMAT`` like ntq's."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in list(self.error_log.handlers):
+            if getattr(handler, "_gunicorn", False):
+                self.error_log.removeHandler(handler)
+        self.error_log.propagate = True
 
 
 class WebServer(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
@@ -59,6 +71,7 @@ def options(settings: Settings, host: str, workers: int) -> dict[str, Any]:
         "header_map": "dangerous",
         "accesslog": None,
         "errorlog": "-",
+        "logger_class": RootLogger,
         "loglevel": "warning",
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,

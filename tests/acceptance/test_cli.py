@@ -1,14 +1,16 @@
-"""``ntq apps`` manages the applications the API authenticates (SPEC §6), and every
-command refuses a bad setting by name (SPEC §7)."""
+"""``ntq apps`` manages the applications the API authenticates (SPEC §6), every command
+refuses a bad setting by name (SPEC §7), and what the commands log follows the log format."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, text
 
 from tests.support.procs import Api, Stack
 
@@ -68,6 +70,51 @@ def test_create_list_and_revoke_an_application(stack: Stack) -> None:
         client.http.close()
 
 
+def test_keys_are_listed_by_prefix_and_revoked_by_it(stack: Stack) -> None:
+    """The whole key is shown once; the prefix ``keys`` lists is enough to revoke it."""
+    first = create(stack, "shop")["api_key"]
+    second = last_json(ntq(stack, "apps", "add-key", "shop", "--json"))["api_key"]
+    keys = last_json(ntq(stack, "apps", "keys", "shop", "--json"))
+    assert [k["prefix"] for k in keys] == [first[:12], second[:12]]
+    assert all(k["revoked"] is None and k["created"] for k in keys)
+    assert first not in json.dumps(keys)
+    assert second not in json.dumps(keys)
+    shown = ntq(stack, "apps", "keys", "shop")
+    assert f"{first[:12]}...\t" in shown.stdout
+    assert "active" in shown.stdout
+
+    stack.web()
+    as_first, as_second = Api(stack.url, first), Api(stack.url, second)
+    revoked = ntq(stack, "apps", "revoke", "--key", f"{first[:12]}...")  # as listed
+    assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+    assert as_first.enqueue(HOOK).status_code == 401
+    assert as_second.enqueue(HOOK).status_code == 201
+    keys = last_json(ntq(stack, "apps", "keys", "shop", "--json"))
+    assert [k["revoked"] is not None for k in keys] == [True, False]
+
+    again = ntq(stack, "apps", "revoke", "--key", first[:12])  # already revoked
+    assert again.returncode == 1
+    assert "no such active key" in again.stdout
+    assert ntq(stack, "apps", "revoke", "--key", "ntq_nothing").returncode == 1
+    assert ntq(stack, "apps", "keys", "nobody").returncode == 1
+    for client in (as_first, as_second):
+        client.http.close()
+
+
+def test_a_prefix_naming_several_active_keys_revokes_none(stack: Stack, engine: Engine
+                                                           ) -> None:
+    create(stack, "twins")
+    ntq(stack, "apps", "add-key", "twins")
+    with engine.begin() as conn:  # 48 random bits make this rare; make it happen
+        conn.execute(text("UPDATE api_keys SET prefix = 'ntq_SAMEPFX1' WHERE app_id = "
+                          "(SELECT id FROM apps WHERE name = 'twins')"))
+    result = ntq(stack, "apps", "revoke", "--key", "ntq_SAMEPFX1")
+    assert result.returncode == 1
+    assert "2 active keys start with" in result.stdout
+    keys = last_json(ntq(stack, "apps", "keys", "twins", "--json"))
+    assert all(k["revoked"] is None for k in keys)
+
+
 def test_create_refuses_a_duplicate_name(stack: Stack) -> None:
     first = create(stack, "twice")
     again = ntq(stack, "apps", "create", "twice", "--json")
@@ -93,3 +140,18 @@ def test_a_bad_setting_stops_the_command_naming_the_variable(
     assert result.returncode not in (0, None)
     assert variable in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_the_web_servers_own_messages_are_json_lines_too(stack: Stack) -> None:
+    """gunicorn's messages (here: the port is taken, so it gives up) come out like ntq's
+    events under NTQ_LOG_FORMAT=json, not in gunicorn's own format."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = ntq(stack, "web", "--port", str(taken.getsockname()[1]), "--workers", "1")
+    assert result.returncode not in (0, None)
+    lines = [line for line in result.stdout.splitlines() + result.stderr.splitlines()
+             if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line is a JSON object
+    assert any("Connection in use" in event["event"] for event in events), lines
+    assert {"level", "timestamp"} <= set(events[0])

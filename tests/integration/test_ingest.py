@@ -57,7 +57,8 @@ def test_an_unknown_or_revoked_key_stores_nothing(conn: Connection, engine: Engi
                                                   creds: Credentials) -> None:
     assert ingest.submit(conn, NewTask(url=HOOK), apps.new_key()) is None
     with engine.begin() as c:
-        assert apps.revoke_key(c, creds.api_key)
+        [key_id] = apps.active_keys_matching(c, creds.api_key)
+        apps.revoke_key_id(c, key_id)
     assert ingest.submit(conn, NewTask(url=HOOK), creds.api_key) is None
     assert ingest.submit_batch(conn, [NewTask(url=HOOK)], creds.api_key) is None
     assert stored(engine, creds.app_id) == []
