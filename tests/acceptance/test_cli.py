@@ -153,5 +153,6 @@ def test_the_web_servers_own_messages_are_json_lines_too(stack: Stack) -> None:
     lines = [line for line in result.stdout.splitlines() + result.stderr.splitlines()
              if line.strip()]
     events = [json.loads(line) for line in lines]  # every line is a JSON object
-    assert any("Connection in use" in event["event"] for event in events), lines
+    assert any("Connection in use" in event["event"] and event["logger"] == "gunicorn.error"
+               for event in events), lines
     assert {"level", "timestamp"} <= set(events[0])
