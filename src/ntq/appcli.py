@@ -91,10 +91,9 @@ def _revoke_key(conn: apps.Db, given: str) -> int:
     if len(found) > 1:
         print(f"ntq: {len(found)} active keys start with {given!r}; give the whole key")
         return 1
-    if not found:
+    if not found or not apps.revoke_key_id(conn, found[0]):
         print("ntq: no such active key")
         return 1
-    apps.revoke_key_id(conn, found[0])
     print("key revoked")
     return 0
 

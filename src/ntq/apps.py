@@ -107,7 +107,7 @@ class KeyInfo:
 def keys_of(db: Db, app_id: uuid.UUID) -> list[KeyInfo]:
     """The application's keys, oldest first."""
     stmt = (select(api_keys.c.prefix, api_keys.c.created, api_keys.c.revoked)
-            .where(api_keys.c.app_id == app_id).order_by(api_keys.c.created))
+            .where(api_keys.c.app_id == app_id).order_by(api_keys.c.created, api_keys.c.id))
     return [KeyInfo(*row) for row in db.execute(stmt)]
 
 
@@ -120,8 +120,11 @@ def active_keys_matching(db: Db, given: str) -> list[uuid.UUID]:
     return list(db.execute(stmt).scalars())
 
 
-def revoke_key_id(db: Db, key_id: uuid.UUID) -> None:
-    db.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked=func.now()))
+def revoke_key_id(db: Db, key_id: uuid.UUID) -> bool:
+    """Revoke the key; False if it was no longer active."""
+    stmt = (update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked.is_(None))
+            .values(revoked=func.now()).returning(api_keys.c.id))
+    return db.execute(stmt).first() is not None
 
 
 def authenticate(db: Db, key: str) -> tuple[uuid.UUID, str] | None:

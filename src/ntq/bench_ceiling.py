@@ -103,13 +103,14 @@ def main() -> None:
     from ntq.green import patch
 
     patch()  # as ``ntq web`` and ``ntq worker`` do, before requests or redis are imported
-    kind, *args = sys.argv[1:]
-    if kind == "deliver":
+    kind, *args = sys.argv[1:] or [""]
+    if kind == "deliver" and len(args) == 3:
         print(orjson.dumps(deliver(args[0], int(args[1]), int(args[2]))).decode(), flush=True)
     elif kind in ("wsgi", "pyramid"):
         serve(kind)
     else:
-        raise SystemExit(f"unknown ceiling {kind!r}")
+        raise SystemExit("usage: python -m ntq.bench_ceiling wsgi | pyramid | "
+                         "deliver URL COUNT CONCURRENCY")
 
 
 if __name__ == "__main__":

@@ -37,9 +37,10 @@ def _split(frame: str) -> tuple[str, str]:
 def _package(function: str, file: str) -> str:
     if function in C_CALLERS:
         return C_CALLERS[function]
-    if "/" in file:
-        return file.split("/", 1)[0]
-    return "python (stdlib)" if file else "other"
+    if "/" not in file:
+        return "python (stdlib)" if file else "other"
+    top = file.split("/", 1)[0]
+    return f"{top} (stdlib)" if top in sys.stdlib_module_names else top
 
 
 def read_stacks(path: Path) -> Counter[tuple[str, ...]]:

@@ -175,23 +175,30 @@ def _targets(results: dict[str, Any]) -> list[str]:
     return _table(rows)
 
 
-def _cpu(results: dict[str, Any]) -> list[str]:
-    rows = [["CPU %", *CPU_COLUMNS]]
+def _cpu_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Every CPU measurement by row name; the ceilings hold one per constant server (its
+    CPU under "web")."""
+    rows: dict[str, dict[str, float]] = {}
     for scenario, result in results.items():
         if not isinstance(result, dict) or "cpu" not in result:
             continue
-        # The ceilings hold one row per constant server (its CPU under "web").
-        named = ({f"ceiling {name}": cpu for name, cpu in result["cpu"].items()}
-                 if scenario == "ceilings" else {scenario: result["cpu"]})
-        for name, cpu in named.items():
-            rows.append([name, *(f"{cpu.get(c, 0):.0f}" for c in CPU_COLUMNS)])
+        if scenario == "ceilings":
+            rows.update({f"ceiling {name}": cpu for name, cpu in result["cpu"].items()})
+        else:
+            rows[scenario] = result["cpu"]
+    return rows
+
+
+def _cpu(results: dict[str, Any]) -> list[str]:
+    rows = [["CPU %", *CPU_COLUMNS]]
+    for name, cpu in _cpu_rows(results).items():
+        rows.append([name, *(f"{cpu.get(c, 0):.0f}" for c in CPU_COLUMNS)])
     return _table(rows)
 
 
 def _contention(results: dict[str, Any]) -> list[str]:
     """A warning when other work took a noticeable share of the machine."""
-    others = [r["cpu"].get("others", 0.0) for r in results.values()
-              if isinstance(r, dict) and "cpu" in r]
+    others = [cpu.get("others", 0.0) for cpu in _cpu_rows(results).values()]
     if not others or max(others) < CONTENDED:
         return []
     return [f"WARNING: processes outside the benchmark used up to {max(others):.0f} % of a "
@@ -232,10 +239,10 @@ def shares(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _ceilings(results: dict[str, Any]) -> list[str]:
-    if "ceilings" not in results:
+    if "ceiling_shares" not in results:
         return []
     rows = [["ceiling (no ntq)", "measured", "ntq's figure", "share"]]
-    for row in shares(results):
+    for row in results["ceiling_shares"]:
         percent = "-" if row["percent"] is None else f"{row['percent']:.0f} %"
         rows.append([row["ceiling"], _per_s(row["per_s"]),
                      f"{row['figure']} {_per_s(row['figure_per_s'])}", percent])

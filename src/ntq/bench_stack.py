@@ -154,13 +154,16 @@ class Stack:
         for worker in self.workers():
             self.memory.worker = max([self.memory.worker, *map(peak_rss_mb, worker.pids())])
 
-    def meter(self) -> CpuMeter:
-        """A CPU meter over every process that takes part (database and Redis included)."""
+    def meter(self, web: Callable[[], list[int]] | None = None) -> CpuMeter:
+        """A CPU meter over every process that takes part (database and Redis included);
+        ``web`` measures other processes in the web's place (a ceiling's server)."""
 
         def group(name: str) -> Any:
             return lambda: self.children[name].pids() if name in self.children else []
 
         groups = {name: group(name) for name in ("web", "requeue", "receiver")}
+        if web is not None:
+            groups["web"] = web
         groups["worker"] = lambda: [pid for w in self.workers() for pid in w.pids()]
         for name in ("postgres", "redis"):
             groups[name] = server_group(self.server_pids.get(name))

@@ -37,6 +37,7 @@ def configure(log_format: str = "json", level: int = logging.INFO) -> None:
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name,
                            structlog.stdlib.ExtraAdder()],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
                     structlog.processors.JSONRenderer() if json
                     else structlog.dev.ConsoleRenderer(colors=False)],
     ))

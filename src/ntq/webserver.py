@@ -25,7 +25,7 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
 util.write_error = write_json_error
 
 
-class RootLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn is untyped
+class PropagatingLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn is untyped
     """gunicorn's own messages (a port in use, a worker that died) through the handler
     :func:`ntq.logs.configure` set up, so they follow ``NTQ_LOG_FORMAT`` like ntq's."""
 
@@ -71,7 +71,7 @@ def options(settings: Settings, host: str, workers: int) -> dict[str, Any]:
         "header_map": "dangerous",
         "accesslog": None,
         "errorlog": "-",
-        "logger_class": RootLogger,
+        "logger_class": PropagatingLogger,
         "loglevel": "warning",
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,

@@ -27,7 +27,7 @@ def test_quick_bench_reports_every_figure(migrated: str, redis_url: str, clean: 
     done = subprocess.run(
         [sys.executable, "-m", "ntq", "bench", "--quick", "--json", str(out),
          "--log-dir", str(tmp_path / "logs")],
-        env=_env(migrated, redis_url), capture_output=True, text=True, timeout=150, check=False)
+        env=_env(migrated, redis_url), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "target (issue 5)" in done.stdout  # the table
     data = json.loads(out.read_text())
