@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import uuid
 
 import orjson
 
@@ -31,10 +32,17 @@ def _create(conn: apps.Db, args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_key(conn: apps.Db, args: argparse.Namespace) -> int:
-    app_id = apps.by_name(conn, args.name)
+def _named_app(conn: apps.Db, name: str) -> uuid.UUID | None:
+    """The application's id; None, after saying so, when there is none of that name."""
+    app_id = apps.by_name(conn, name)
     if app_id is None:
-        print(f"ntq: no application named {args.name!r}")
+        print(f"ntq: no application named {name!r}")
+    return app_id
+
+
+def _add_key(conn: apps.Db, args: argparse.Namespace) -> int:
+    app_id = _named_app(conn, args.name)
+    if app_id is None:
         return 1
     key = apps.add_key(conn, app_id)
     if args.json:
@@ -68,9 +76,8 @@ def _list(conn: apps.Db, args: argparse.Namespace) -> int:
 
 
 def _keys(conn: apps.Db, args: argparse.Namespace) -> int:
-    app_id = apps.by_name(conn, args.name)
+    app_id = _named_app(conn, args.name)
     if app_id is None:
-        print(f"ntq: no application named {args.name!r}")
         return 1
     keys = apps.keys_of(conn, app_id)
     if args.json:
