@@ -106,6 +106,7 @@ class Settings:
     allow_private_networks: bool = False
     allowed_networks: tuple[Network, ...] = field(default=())
     enable_hsts: bool = False
+    ntorque_compat: bool = False
     log_format: str = "json"
 
     @property
@@ -154,6 +155,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NTQ_MAX_BODY_BYTES": ("max_body_bytes", _int_range(1, 512 * 1024 * 1024)),
     "NTQ_MAX_RESPONSE_BYTES": ("max_response_bytes", _int_range(0, 64 * 1024 * 1024)),
     "NTQ_ENABLE_HSTS": ("enable_hsts", _bool),
+    "NTQ_NTORQUE_COMPAT": ("ntorque_compat", _bool),
     "NTQ_LOG_FORMAT": ("log_format", _choice("json", "console")),
 }
 

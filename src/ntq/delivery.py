@@ -47,8 +47,9 @@ def make_session(settings: Settings, pool_size: int) -> requests.Session:
     return session
 
 
-def request_headers(task: Acquired, timestamp: int) -> dict[str, str]:
-    """Pass-through headers, then ntq's own (which the client cannot override)."""
+def request_headers(task: Acquired, timestamp: int, ntorque: bool = False) -> dict[str, str]:
+    """Pass-through headers, then ntq's own (which the client cannot override); with
+    ``ntorque``, nTorque's names for the same facts too."""
     headers = dict(task.headers)
     if task.content_type:
         headers["Content-Type"] = task.content_type
@@ -58,8 +59,20 @@ def request_headers(task: Acquired, timestamp: int) -> dict[str, str]:
         "NTQ-Task-Attempt": str(task.retry_count),
         "NTQ-Task-Retry-Limit": str(task.max_retries),
     })
+    if ntorque:
+        headers.update(ntorque_headers(task))
     headers.update(signing.headers(task.secret, str(task.id), timestamp, task.body))
     return headers
+
+
+def ntorque_headers(task: Acquired) -> dict[str, str]:
+    """nTorque's delivery headers (``NTQ_NTORQUE_COMPAT``): its retry count is the number
+    of attempts made before this one."""
+    return {
+        "ntorque-task-id": str(task.id),
+        "ntorque-task-retry-count": str(task.retry_count - 1),
+        "ntorque-task-retry-limit": str(task.max_retries),
+    }
 
 
 def _read_capped(response: requests.Response, cap: int) -> tuple[bytes, bool]:
@@ -145,7 +158,7 @@ _URL_IN_TEXT = re.compile(r"(with url: )?\S*://\S*|with url: \S+")
 
 def deliver(session: requests.Session, task: Acquired, settings: Settings) -> AttemptResult:
     """One delivery attempt of ``task``."""
-    headers = request_headers(task, int(time.time()))
+    headers = request_headers(task, int(time.time()), settings.ntorque_compat)
     return call(session, task.method, task.url, headers, task.body, task.timeout,
                 settings.max_response_bytes)
 

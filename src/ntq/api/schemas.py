@@ -36,6 +36,8 @@ RESERVED_HEADERS = frozenset({
     "webhook-id", "webhook-timestamp", "webhook-signature",
 })
 PASSTHROUGH_PREFIXES = ("ntq-passthrough-", "ntorque-passthrough-")
+# What nTorque assumed of a body sent without a Content-Type (``NTQ_NTORQUE_COMPAT``).
+NTORQUE_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 
 JSON_FIELDS = frozenset({
     "url", "method", "headers", "body", "json", "body_base64", "content_type", "timeout",
@@ -196,8 +198,9 @@ def common(params: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
 def from_query(params: Mapping[str, str], headers: Mapping[str, str], body: bytes,
                content_type: str | None, settings: Settings) -> NewTask:
     """The nTorque-compatible form: parameters in the query, the body verbatim."""
+    default_type = NTORQUE_CONTENT_TYPE if settings.ntorque_compat else None
     return NewTask(**common(params, settings), headers=passthrough(headers), body=body,
-                   content_type=content_type or None,
+                   content_type=content_type or default_type,
                    idempotency_key=idempotency_key(headers))
 
 

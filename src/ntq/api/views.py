@@ -145,8 +145,10 @@ def enqueue_json(request: Request) -> Response:
 
 @view_config(route_name="root", request_method="GET")
 def describe(request: Request) -> Response:
-    """The service descriptor (authenticated, like every route but health and metrics)."""
-    request.caller  # noqa: B018  (raises 401 without a valid key)
+    """The service descriptor: authenticated like every route but health and metrics,
+    except under ``NTQ_NTORQUE_COMPAT``, where it answers anyone as nTorque's did."""
+    if not request.registry.ntq_settings.ntorque_compat:
+        request.caller  # noqa: B018  (raises 401 without a valid key)
     return json_response({
         "name": "ntq", "version": __version__,
         "links": {
