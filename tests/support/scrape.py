@@ -64,4 +64,4 @@ def promtool_check(text: str) -> None:
     done = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
                           capture_output=True, timeout=30, check=False)
     report = (done.stdout + done.stderr).decode()
-    assert done.returncode == 0 and not report.strip(), f"promtool: {report}\n{text}"
+    assert (done.returncode, report.strip()) == (0, ""), f"promtool: {report}\n{text}"
