@@ -109,15 +109,24 @@ class Tally:
         PostgreSQL does not take now waits for the next flush."""
         with self._lock:
             counts, self._counts = +self._counts, Counter()
-        if not counts or self._process is None:
+            process = self._process
+        if not counts or process is None:  # nothing counted yet, or nothing since
             return
-        try:
-            with self.engine.begin() as conn:
-                write(conn, self._process, counts)
-        except SQLAlchemyError as exc:
-            log.warning("metrics.flush_failed", error=str(exc).splitlines()[0])
+        if not self._write(process, counts):
             with self._lock:
                 self._counts.update(counts)
+
+    def _write(self, process: str, counts: Counter[str]) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                write(conn, process, counts)
+        except SQLAlchemyError as exc:
+            log.warning("metrics.flush_failed", error=str(exc).splitlines()[0])
+            return False
+        except Exception:  # whatever failed, the counts must wait, not vanish with the thread
+            log.exception("metrics.flush_failed")
+            return False
+        return True
 
 
 def write(conn: Connection, process: str, counts: Mapping[str, int]) -> None:
