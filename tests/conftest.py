@@ -27,7 +27,7 @@ from tests.support.hook import HookServer, start_hook
 from tests.support.procs import Api, RedisServer, Stack
 from tests.support.tasks import new_app
 
-TABLES = "attempts, tasks, api_keys, apps"
+TABLES = "attempts, tasks, api_keys, apps, counters"
 
 
 def _fresh_database(server_url: str) -> Iterator[str]:

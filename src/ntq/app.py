@@ -9,7 +9,7 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from ntq import notify
+from ntq import metrics, notify
 from ntq.config import Settings
 from ntq.db import make_engine, make_session_factory
 
@@ -30,9 +30,11 @@ def make_app(settings: Settings, pool_size: int = 10) -> Any:
     engine = make_engine(settings.database_url, pool_size=half, max_overflow=0)
     config.registry.ntq_settings = settings
     config.registry.ntq_engine = engine
-    config.registry.ntq_autocommit = make_engine(settings.database_url, pool_size=half,
-                                                 max_overflow=0, autocommit=True)
-    notifier = notify.Notifier(settings, notify.client(settings.redis_url))
+    autocommit = make_engine(settings.database_url, pool_size=half, max_overflow=0,
+                             autocommit=True)
+    config.registry.ntq_autocommit = autocommit
+    notifier = notify.Notifier(settings, notify.client(settings.redis_url),
+                               metrics.Tally(autocommit))
     config.registry.ntq_notifier = notifier
     config.registry.ntq_enqueue_hints = notify.EnqueueHints(notifier)
     _include_db(config, make_session_factory(engine))

@@ -119,11 +119,6 @@ class Settings:
         """The Redis sorted set of task ids waiting for a near-future due time."""
         return f"{self.redis_channel}:scheduled"
 
-    @property
-    def metrics_key(self) -> str:
-        """The Redis hash holding every process's counters."""
-        return f"{self.redis_channel}:metrics"
-
     def finished_channel(self, task_id: object) -> str:
         """The pub/sub channel announcing that one task reached a terminal state."""
         return f"{self.redis_channel}:finished:{task_id}"

@@ -1,4 +1,5 @@
-"""The tables: applications, their API keys, tasks and the attempts made on them."""
+"""The tables: applications, their API keys, tasks, the attempts made on them, and the
+counters behind ``/metrics``."""
 
 from __future__ import annotations
 
@@ -134,3 +135,16 @@ class Attempt(Base):
                                             server_default=text("false"))
     error: Mapped[str | None] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))
+
+
+class Count(Base):
+    """One counter of ``/metrics`` as one process added to it (or, for ``folded``, as
+    processes that went quiet did); ``/metrics`` sums the rows by name."""
+
+    __tablename__ = "counters"
+
+    process: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+    # Not indexed, so that each flush's update can stay a heap-only (HOT) update.
+    updated: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())

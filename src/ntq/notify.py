@@ -1,9 +1,10 @@
-"""Redis wake-ups, cancel broadcasts, finish announcements and counters: hints, never the
-truth.
+"""Redis wake-ups, cancel broadcasts and finish announcements: hints, never the truth.
 
 Every failure here is logged and swallowed: PostgreSQL holds every task, and the requeue
 poller finds what a lost hint would have announced. Each public method is one round trip
-(a pipeline), run only after the transaction it reports has committed.
+(a pipeline), run only after the transaction it reports has committed. What is announced
+is also counted, in the process's :class:`ntq.metrics.Tally` (written to PostgreSQL, not
+Redis, so the counters survive whatever Redis goes through).
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def client(url: str, *, blocking: bool = False) -> redis.Redis:
 class Notifier:
     """Publishes wake-ups, schedules, cancellations and finish events."""
 
-    def __init__(self, settings: Settings, conn: redis.Redis) -> None:
+    def __init__(self, settings: Settings, conn: redis.Redis, tally: metrics.Tally) -> None:
         self.redis = conn
         self.settings = settings
+        self.tally = tally
         self._promote = conn.register_script(_PROMOTE)
         self._skip_until = 0.0
 
@@ -109,7 +111,9 @@ class Notifier:
             pipe.rpush(self.settings.queue_key, *[str(i) for i in due_now])
         if later:
             pipe.zadd(self.settings.scheduled_key, {str(k): v for k, v in later.items()})
-        pipe.hincrby(self.settings.metrics_key, "enqueued", len(due_now) + len(later))
+        counts: Counter[str] = Counter()
+        metrics.count_enqueued(counts, len(due_now) + len(later))
+        self.tally.add(counts)
         return self._run("enqueued", pipe)
 
     def schedule(self, task_id: Id, when: float) -> bool:
@@ -131,7 +135,7 @@ class Notifier:
                 self._wake_callback(pipe, counts, event.callback_id)
             if event.status is not None and event.status != "PENDING":
                 self._finished(pipe, counts, event.task_id, event.status)
-        metrics.add(pipe, self.settings.metrics_key, counts)
+        self.tally.add(counts)
         self._run("attempted", pipe)
 
     def _wake_callback(self, pipe: redis.client.Pipeline, counts: Counter[str],
@@ -154,7 +158,7 @@ class Notifier:
         if callback_id is not None:
             self._wake_callback(pipe, counts, callback_id)
         self._finished(pipe, counts, task_id, "CANCELLED")
-        metrics.add(pipe, self.settings.metrics_key, counts)
+        self.tally.add(counts)
         self._run("cancelled", pipe)
 
     def interrupt_app(self, app_id: uuid.UUID | None) -> None:

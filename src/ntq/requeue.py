@@ -4,7 +4,8 @@ Every ``NTQ_REQUEUE_INTERVAL`` seconds the poller sweeps PENDING tasks whose due
 passed, oldest first, and pushes their ids to the queue in batches. It pushes only while
 the queue list is short, so the list cannot grow without bound while no worker consumes.
 Each round runs under a transaction-level advisory lock: two pollers are harmless, one of
-them simply skips the round. Cleanup deletes finished tasks older than the retention.
+them simply skips the round. Cleanup deletes finished tasks older than the retention and
+folds the ``/metrics`` counters of processes gone quiet into one row each.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import structlog
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ntq import notify, queue
+from ntq import metrics, notify, queue
 from ntq.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -98,6 +99,7 @@ class Requeue:
         deleted = queue.cleanup(conn, self.settings.cleanup_after_days)
         if deleted:
             log.info("requeue.cleaned", deleted=deleted)
+        metrics.fold(conn)
 
 
 def _try_lock(conn: Connection) -> bool:

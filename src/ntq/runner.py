@@ -30,13 +30,14 @@ def run_worker(settings: Settings, grace: float) -> None:
 
 def run_requeue(settings: Settings) -> None:
     """Requeue overdue tasks and clean up until SIGTERM/SIGINT."""
-    from ntq import notify
+    from ntq import metrics, notify
     from ntq.requeue import Requeue
 
     assert settings.database_url
     assert settings.redis_url
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
-    notifier = notify.Notifier(settings, notify.client(settings.redis_url))
+    notifier = notify.Notifier(settings, notify.client(settings.redis_url),
+                               metrics.Tally(engine))
     poller = Requeue(settings, engine, notifier)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: poller.request_stop())

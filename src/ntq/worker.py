@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ntq import delivery, notify, queue
+from ntq import delivery, metrics, notify, queue
 from ntq.config import Settings
 from ntq.db import transaction
 from ntq.records import Acquired, AttemptResult, Verdict
@@ -56,7 +56,8 @@ class Worker:
         self.pool = gevent.pool.Pool(concurrency)
         self.session = delivery.make_session(settings, concurrency)
         self.redis = notify.client(settings.redis_url, blocking=True)
-        self.notifier = notify.Notifier(settings, notify.client(settings.redis_url))
+        self.notifier = notify.Notifier(settings, notify.client(settings.redis_url),
+                                        metrics.Tally(engine))
         # task id -> (the greenlet attempting it, the task's application)
         self.running: dict[uuid.UUID, tuple[gevent.Greenlet, uuid.UUID | None]] = {}
         self.stopping = gevent.event.Event()

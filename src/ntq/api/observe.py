@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import redis
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
 
-from ntq import metrics, reads
+from ntq import metrics, notify, reads
 from ntq.api.render import json_response
 
 
@@ -19,15 +20,15 @@ def stats(request: Request) -> Response:
 
 @view_config(route_name="metrics", request_method="GET")
 def prometheus(request: Request) -> Response:
-    """Counters shared by every process (kept in Redis) and backlog gauges (PostgreSQL)."""
-    notifier = request.registry.ntq_notifier
-    gauges = reads.backlog_gauges(request.db)
+    """Counters every process adds to (kept in PostgreSQL), backlog gauges, and the length
+    of Redis's queue when Redis answers."""
+    gauges = {**reads.backlog_gauges(request.db), **_redis_gauges(request.registry.ntq_notifier)}
+    body = metrics.render(metrics.totals(request.db), gauges)
+    return Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+
+def _redis_gauges(notifier: notify.Notifier) -> dict[str, float]:
     try:
-        raw = notifier.redis.hgetall(request.registry.ntq_settings.metrics_key)
-        gauges["redis_queue_length"] = notifier.backlog()
-        gauges["redis_up"] = 1
+        return {"redis_queue_length": notifier.backlog(), "redis_up": 1}
     except redis.RedisError:
-        raw, gauges["redis_up"] = {}, 0
-    response = Response(body=metrics.render(raw, gauges).encode())
-    response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-    return response
+        return {"redis_up": 0}
