@@ -102,6 +102,7 @@ class Settings:
     redis_channel: str = "ntq"
     worker_concurrency: int = 100
     max_body_bytes: int = 1024 * 1024
+    body_timeout: float = 30.0
     max_response_bytes: int = 65536
     allow_private_networks: bool = False
     allowed_networks: tuple[Network, ...] = field(default=())
@@ -148,6 +149,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NTQ_REDIS_CHANNEL": ("redis_channel", lambda raw: _nonempty(raw)),
     "NTQ_WORKER_CONCURRENCY": ("worker_concurrency", _int_range(1, 10000)),
     "NTQ_MAX_BODY_BYTES": ("max_body_bytes", _int_range(1, 512 * 1024 * 1024)),
+    "NTQ_BODY_TIMEOUT": ("body_timeout", _float_range(0.1, 3600.0)),
     "NTQ_MAX_RESPONSE_BYTES": ("max_response_bytes", _int_range(0, 64 * 1024 * 1024)),
     "NTQ_ENABLE_HSTS": ("enable_hsts", _bool),
     "NTQ_NTORQUE_COMPAT": ("ntorque_compat", _bool),

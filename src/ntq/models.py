@@ -113,6 +113,10 @@ class Task(Base):
                                                 server_default=text("false"))
     # For a callback delivery: the task whose outcome it reports.
     callback_of: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # When the task first became due (its enqueue's delay or not_before passed, or its
+    # replay), kept by its first acquire since later ones move ``due``: /stats measures
+    # delivery latency from it, so a delay is not latency. Cleared by a replay.
+    first_due: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class Attempt(Base):

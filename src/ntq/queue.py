@@ -179,6 +179,9 @@ def _acquire_statement() -> Prepared:
                              else_=tasks.c.retry_count),
             due=func.now() + seconds(lease),
             modified=func.now(),
+            # ``due`` as it was until now: when the task became due (not before it existed).
+            first_due=func.coalesce(tasks.c.first_due,
+                                    func.greatest(tasks.c.due, tasks.c.created)),
         )
         .returning(*[tasks.c[name] for name in Acquired.__dataclass_fields__ if name != "secret"],
                    secret.label("secret"))
@@ -387,7 +390,7 @@ def replay(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | N
         .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
                tasks.c.status.in_([FAILED, CANCELLED]))
         .values(status=PENDING, due=func.now(), retry_count=0, modified=func.now(),
-                last_error=None, cancel_notice=False)
+                last_error=None, cancel_notice=False, first_due=None)
         .returning(*VIEW_COLUMNS)
     )
     row = db.execute(stmt).first()

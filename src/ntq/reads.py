@@ -70,11 +70,14 @@ def _pending(db: Db, mine: Any) -> dict[str, Any]:
 
 
 def _recent(db: Db, mine: Any) -> dict[str, Any]:
-    """Outcomes in the last minute and hour; latency = enqueue to completion."""
+    """Outcomes in the last minute and hour; latency = from when the task became due
+    (a delay is not latency) to its completion."""
     recent = and_(mine, tasks.c.status.in_([COMPLETED, FAILED]),
                   tasks.c.modified > func.now() - seconds(3600))
     minute = tasks.c.modified > func.now() - seconds(60)
-    latency = func.extract("epoch", tasks.c.modified - tasks.c.created)
+    # Tasks finished before first_due existed have none: their creation is the best known.
+    due = func.coalesce(tasks.c.first_due, tasks.c.created)
+    latency = func.extract("epoch", tasks.c.modified - due)
     done = tasks.c.status == COMPLETED
     row = db.execute(select(
         func.count().filter(done, minute).label("completed_minute"),

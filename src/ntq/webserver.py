@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 import orjson
+import structlog
 from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
 
 from ntq.config import Settings
+
+log = structlog.get_logger(__name__)
+
+# Connections one worker holds at once. Every slow client holds one until its body
+# deadline (NTQ_BODY_TIMEOUT), so this is sized for thousands of them, not for the
+# request rate; a greenlet waiting on a socket costs a few kilobytes.
+WORKER_CONNECTIONS = 10_000
+# File descriptors a worker needs besides its clients: the listening socket, the
+# PostgreSQL pools, Redis, log files.
+RESERVED_FDS = 256
 
 
 def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
@@ -59,12 +71,28 @@ class WebServer(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
         return make_app(self.settings, pool_size=20)
 
 
+def connection_capacity(wanted: int = WORKER_CONNECTIONS) -> int:
+    """How many connections each worker can hold, up to ``wanted``, after raising this
+    process's soft limit on open files to the hard one if it is lower than they need
+    (the workers inherit it). A hard limit too low for ``wanted`` is logged."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + RESERVED_FDS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = hard if hard != resource.RLIM_INFINITY else needed
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    capacity = max(soft - RESERVED_FDS, 1)
+    log.warning("web.open_files_limit", limit=soft, connections=capacity, wanted=wanted)
+    return capacity
+
+
 def options(settings: Settings, host: str, workers: int) -> dict[str, Any]:
     return {
         "bind": f"{host}:{settings.port}",
         "workers": workers,
         "worker_class": "gevent",
-        "worker_connections": 1000,
+        "worker_connections": connection_capacity(),
         "keepalive": 5,
         "graceful_timeout": 10,
         # nTorque's clients send NTORQUE_API_KEY with an underscore: keep such headers.

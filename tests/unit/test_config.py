@@ -25,6 +25,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert s.redis_channel == "ntq"
     assert s.worker_concurrency == 100
     assert s.max_body_bytes == 1024 * 1024
+    assert s.body_timeout == 30
     assert s.max_response_bytes == 65536
     assert s.allow_private_networks is False
     assert s.enable_hsts is False
@@ -39,7 +40,7 @@ def test_values_are_parsed_into_numbers_and_flags() -> None:
         "NTQ_MAX_DUE_DELAY": "60", "NTQ_MAX_RETRIES": "3",
         "NTQ_TRANSIENT_REQUEST_ERRORS": "429, 503 418", "NTQ_REQUEUE_INTERVAL": "0.5",
         "NTQ_CLEANUP_AFTER_DAYS": "1.5", "NTQ_REDIS_CHANNEL": "other",
-        "NTQ_WORKER_CONCURRENCY": "7", "NTQ_MAX_BODY_BYTES": "1000",
+        "NTQ_WORKER_CONCURRENCY": "7", "NTQ_MAX_BODY_BYTES": "1000", "NTQ_BODY_TIMEOUT": "2.5",
         "NTQ_MAX_RESPONSE_BYTES": "0", "NTQ_ENABLE_HSTS": "yes", "NTQ_LOG_FORMAT": "console",
         "NTQ_DATA_DIR": "/tmp/x", "DATABASE_URL": "postgresql://h/db",
         "REDIS_URL": "redis://h:1/0",
@@ -56,6 +57,7 @@ def test_values_are_parsed_into_numbers_and_flags() -> None:
     assert s.redis_channel == "other"
     assert s.worker_concurrency == 7
     assert (s.max_body_bytes, s.max_response_bytes) == (1000, 0)
+    assert s.body_timeout == 2.5
     assert s.enable_hsts is True
     assert s.log_format == "console"
     assert s.data_dir == Path("/tmp/x")
@@ -88,6 +90,7 @@ BAD_VALUES = [
     ("NTQ_REDIS_CHANNEL", "  "),
     ("NTQ_WORKER_CONCURRENCY", "0"), ("NTQ_WORKER_CONCURRENCY", "many"),
     ("NTQ_MAX_BODY_BYTES", "1MB"), ("NTQ_MAX_BODY_BYTES", "0"),
+    ("NTQ_BODY_TIMEOUT", "0"), ("NTQ_BODY_TIMEOUT", "slow"),
     ("NTQ_MAX_RESPONSE_BYTES", "-1"),
     ("NTQ_ALLOW_PRIVATE_NETWORKS", "sometimes"), ("NTQ_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/33"),
     ("NTQ_ENABLE_HSTS", "please"),

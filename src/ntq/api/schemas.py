@@ -11,7 +11,8 @@ import binascii
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +43,12 @@ NTORQUE_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 JSON_FIELDS = frozenset({
     "url", "method", "headers", "body", "json", "body_base64", "content_type", "timeout",
     "delay", "not_before", "max_retries", "backoff", "callback", "idempotency_key",
+})
+
+# ``POST /``'s query parameters; any other is refused, like an unknown JSON field.
+QUERY_PARAMETERS = frozenset({
+    "url", "method", "timeout", "delay", "not_before", "max_retries", "backoff", "callback",
+    "cancel_notice",
 })
 
 
@@ -199,9 +206,26 @@ def from_query(params: Mapping[str, str], headers: Mapping[str, str], body: byte
                content_type: str | None, settings: Settings) -> NewTask:
     """The nTorque-compatible form: parameters in the query, the body verbatim."""
     default_type = NTORQUE_CONTENT_TYPE if settings.ntorque_compat else None
+    check_query_names(params.keys())
     return NewTask(**common(params, settings), headers=passthrough(headers), body=body,
                    content_type=content_type or default_type,
                    idempotency_key=idempotency_key(headers))
+
+
+def check_query_names(names: Iterable[str]) -> None:
+    """Refuse unknown and repeated query parameters, naming them. Either is most often a
+    hook URL whose own query string was not encoded: its ``&`` split it up."""
+    given = Counter(names)
+    unknown = sorted(set(given) - QUERY_PARAMETERS)
+    repeated = sorted(name for name in set(given) & QUERY_PARAMETERS if given[name] > 1)
+    hint = ("; if the hook's url has a query string of its own, percent-encode it "
+            "(its '&' and '=' as %26 and %3D)")
+    if unknown:
+        raise bad("unknown_parameter",
+                  f"unknown query parameter(s): {', '.join(unknown)}{hint}")
+    if repeated:
+        raise bad("repeated_parameter",
+                  f"query parameter(s) given more than once: {', '.join(repeated)}{hint}")
 
 
 def idempotency_key(headers: Mapping[str, str]) -> str | None:

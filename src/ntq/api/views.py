@@ -7,7 +7,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import gevent
 import redis
+import structlog
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
@@ -21,6 +23,8 @@ from ntq.api.render import json_response, task_json, task_response
 from ntq.records import NewTask, TaskView
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 
 def after_commit(request: Request, action: Callable[[], Any]) -> None:
@@ -49,14 +53,39 @@ def notify_enqueued(request: Request, created: list[tuple[TaskView, NewTask]]) -
 
 def read_body(request: Request, limit: int | None = None) -> bytes:
     """The request body, refused with 413 beyond ``limit`` (default
-    ``NTQ_MAX_BODY_BYTES``)."""
-    limit = limit or request.registry.ntq_settings.max_body_bytes
+    ``NTQ_MAX_BODY_BYTES``) and with 408 unless all of it arrives within
+    ``NTQ_BODY_TIMEOUT`` seconds."""
+    settings = request.registry.ntq_settings
+    limit = limit or settings.max_body_bytes
     too_large = ApiError(413, "body_too_large", f"body must be at most {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
-    data: bytes = request.body_file.read(limit + 1)
+    data = _read_within(request, limit + 1, settings.body_timeout)
     if len(data) > limit:
         raise too_large
+    return data
+
+
+def _read_within(request: Request, size: int, seconds: float) -> bytes:
+    """Up to ``size`` bytes of the body, all of which must arrive within ``seconds``.
+
+    The deadline covers the whole body, not each read: a client trickling a byte a
+    second would pass any per-read timeout and hold its connection for ever.
+    """
+    late = ApiError(408, "body_timeout",
+                    f"the request body did not arrive within {seconds:g} seconds")
+    try:
+        with gevent.Timeout(seconds, late):
+            data: bytes = request.body_file.read(size)
+    except ApiError:
+        log.info("web.body_timeout", path=request.path, seconds=seconds)
+        raise
+    except OSError as exc:
+        # The client went away mid-body (webob's DisconnectionError, a reset...): nobody
+        # reads the answer, so one line says what happened, without a traceback.
+        log.info("web.client_disconnected", path=request.path, error=type(exc).__name__)
+        raise ApiError(400, "incomplete_body",
+                       "the connection closed before the whole body arrived") from None
     return data
 
 
