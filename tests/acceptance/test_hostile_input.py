@@ -40,6 +40,7 @@ class Case:
     auth: bool = True
     content_length: str | None = None  # None: the body's real length
     chunked: bool = False
+    framing: bytes | None = None  # sent verbatim as a chunked body (malformed framing)
 
 
 def enq(name: str, status: int | tuple[int, ...], code: str | None, *,
@@ -216,6 +217,10 @@ CASES: list[Case] = [
          headers=(("Content-Type", "application/octet-stream"),), body=b"x" * (MiB + 1)),
     Case("chunked body over 1 MiB", "POST", "/?" + urlencode({"url": GOOD}), 413,
          "body_too_large", body=b"x" * (MiB + 1), chunked=True),
+    Case("chunk size that is not hex", "POST", "/?" + urlencode({"url": GOOD}), 400,
+         "invalid_framing", framing=b"zz\r\npayload\r\n0\r\n\r\n"),
+    Case("chunk without its terminating CRLF", "POST", "/?" + urlencode({"url": GOOD}), 400,
+         "invalid_framing", framing=b"7\r\npayloadXX0\r\n\r\n"),
     Case("Content-Length claims a terabyte", "POST", "/?" + urlencode({"url": GOOD}), 413,
          "body_too_large", body=b"x", content_length=str(10**12)),
     js("JSON body field over 1 MiB", 413, "body_too_large", task(body="x" * (MiB + 1))),
@@ -311,9 +316,9 @@ def send(port: int, key: str, case: Case, seed: str) -> Reply:
         lines.append(f"Authorization: Bearer {key}".encode())
     lines += [f"{name}: {value}".encode() for name, value in case.headers]
     body = case.body
-    if case.chunked:
+    if case.chunked or case.framing is not None:
         lines.append(b"Transfer-Encoding: chunked")
-        body = encode_chunked(body)
+        body = encode_chunked(body) if case.framing is None else case.framing
     elif case.content_length is not None:
         lines.append(f"Content-Length: {case.content_length}".encode())
     elif body or case.method in ("POST", "PUT", "PATCH"):

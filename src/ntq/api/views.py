@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import gevent
 import redis
 import structlog
+from gunicorn.http.errors import ParseException
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
@@ -80,6 +81,12 @@ def _read_within(request: Request, size: int, seconds: float) -> bytes:
     except ApiError:
         log.info("web.body_timeout", path=request.path, seconds=seconds)
         raise
+    except ParseException as exc:
+        # Broken chunked framing (a size that is not hex, a missing CRLF...): the client's
+        # fault, and the connection cannot be reused.
+        log.info("web.invalid_framing", path=request.path, error=type(exc).__name__)
+        raise ApiError(400, "invalid_framing",
+                       f"the request body's chunked framing is invalid: {exc}") from None
     except OSError as exc:
         # The client went away mid-body (webob's DisconnectionError, a reset...): nobody
         # reads the answer, so one line says what happened, without a traceback.
