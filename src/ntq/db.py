@@ -131,14 +131,17 @@ def check_writable(conn: Connection) -> None:
 @contextlib.contextmanager
 def transaction(conn: Connection) -> Iterator[Connection]:
     """A real transaction on a connection of an autocommit engine (which otherwise sends
-    no BEGIN); the connection is back in autocommit afterwards."""
-    conn.commit()  # end SQLAlchemy's bookkeeping of earlier autocommitted statements
-    conn.execution_options(isolation_level="READ COMMITTED")
+    no BEGIN). BEGIN and COMMIT are statements like any other, so a lost connection fails
+    them the way :func:`retrying` recognizes (switching the connection's isolation level
+    instead would raise the driver's error as it is)."""
+    conn.exec_driver_sql("BEGIN")
     try:
-        with conn.begin():
-            yield conn
-    finally:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+    except BaseException:
+        if not conn.invalidated:  # a lost session took its transaction with it
+            conn.exec_driver_sql("ROLLBACK")
+        raise
+    conn.exec_driver_sql("COMMIT")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
