@@ -66,7 +66,8 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10,
         pool_size=pool_size,
         max_overflow=max_overflow,
         # No ping per checkout (a round trip each): a connection found dead fails its
-        # statement once, and SQLAlchemy then invalidates the whole pool.
+        # statement once, SQLAlchemy then invalidates the whole pool, and the work runs
+        # again on a fresh connection (retrying, pyramid_retry).
         pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "ntq"},
