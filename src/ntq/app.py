@@ -9,7 +9,7 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from ntq import metrics, notify
+from ntq import db, metrics, notify
 from ntq.config import Settings
 from ntq.db import make_engine, make_session_factory
 
@@ -21,6 +21,10 @@ def make_app(settings: Settings, pool_size: int = 10) -> Any:
     config = Configurator(settings={
         "tm.manager_hook": "pyramid_tm.explicit_manager",
         "tm.annotate_user": False,
+        # A request transaction that failed on a lost connection, or lost a deadlock,
+        # runs again from the start (pyramid_retry; errors.py marks which failures).
+        "retry.attempts": db.ATTEMPTS,
+        "retry.activate_hook": _retry_attempts,
     })
     # Half the connections serve request transactions, half the single-statement enqueue
     # hot path, which commits on its own; separate pools never switch a connection's mode.
@@ -43,9 +47,19 @@ def make_app(settings: Settings, pool_size: int = 10) -> Any:
     return config.make_wsgi_app()
 
 
+def _retry_attempts(request: Request) -> int | None:
+    """One try for a request with a body (the enqueues, which retry their own statement):
+    retrying would buffer the whole body before the views' size limit applies. The
+    default number of tries for the rest."""
+    has_body = request.content_length or "Transfer-Encoding" in request.headers
+    return 1 if has_body else None
+
+
 def _include_db(config: Configurator, factory: sessionmaker[Session]) -> None:
-    """``request.db``: a session joined to the request's transaction (pyramid_tm)."""
+    """``request.db``: a session joined to the request's transaction (pyramid_tm), which
+    pyramid_retry runs again when it failed in a way a new try may fix."""
     config.include("pyramid_tm")
+    config.include("pyramid_retry")
 
     def db(request: Request) -> Session:
         session = factory()

@@ -180,8 +180,19 @@ def _batch_in_transaction(conn: Connection, batch: Sequence[NewTask],
                           key: str | None) -> Submitted | None:
     with transaction(conn):
         if key is None:
-            return Submitted(None, None, queue.enqueue_many(conn, batch, None))
+            return Submitted(None, None, _in_key_order(conn, batch, None))
         owner = apps.authenticate(conn, key)
         if owner is None:
             return None
-        return Submitted(*owner, results=queue.enqueue_many(conn, batch, owner[0]))
+        return Submitted(*owner, results=_in_key_order(conn, batch, owner[0]))
+
+
+def _in_key_order(conn: Connection, batch: Sequence[NewTask],
+                  app_id: uuid.UUID | None) -> list[tuple[TaskView, bool]]:
+    """:func:`queue.enqueue_many`, inserting in idempotency key order and answering in
+    the batch's order. Each insert locks its key until commit: concurrent batches that
+    share keys in different orders would otherwise deadlock."""
+    order = sorted(range(len(batch)), key=lambda i: batch[i].idempotency_key or "")
+    results = queue.enqueue_many(conn, [batch[i] for i in order], app_id)
+    by_position = dict(zip(order, results, strict=True))
+    return [by_position[i] for i in range(len(batch))]

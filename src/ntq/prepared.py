@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg2 import errorcodes
+from psycopg2.extensions import TRANSACTION_STATUS_INERROR
 from psycopg2.extras import Json
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
@@ -62,8 +63,8 @@ class Prepared:
             if _pgcode(exc) != errorcodes.INVALID_SQL_STATEMENT_NAME:
                 raise
             info.pop(self.name, None)
-            if not getattr(conn.connection.dbapi_connection, "autocommit", False):
-                raise  # the transaction is aborted; the caller's retry prepares it again
+            if _in_failed_transaction(conn):
+                raise  # the caller's retry prepares it again
             values = {name: adapt(value) for name, value in params.items()}
             return list(conn.exec_driver_sql(self.unprepared, values))
 
@@ -82,6 +83,14 @@ def adapt(value: Any) -> Any:
     if isinstance(value, list):
         return [adapt(item) for item in value]
     return value
+
+
+def _in_failed_transaction(conn: Connection) -> bool:
+    """Whether ``conn`` is in a transaction that an error has aborted (no statement but
+    ROLLBACK can run in it)."""
+    dbapi = conn.connection.dbapi_connection
+    status = getattr(getattr(dbapi, "info", None), "transaction_status", None)
+    return bool(status == TRANSACTION_STATUS_INERROR)
 
 
 def _pgcode(exc: DBAPIError) -> str | None:

@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ntq import metrics, notify, queue
+from ntq import db, metrics, notify, queue
 from ntq.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -67,8 +67,12 @@ class Requeue:
             return False
 
     def round(self) -> bool:
-        """One locked round; True if a backlog remains to push right away."""
-        with self.engine.begin() as conn:
+        """One locked round; True if a backlog remains to push right away. Run again on a
+        fresh connection if its own was lost (pushes are hints: pushing twice is harmless)."""
+        return db.retrying(self.engine, self._locked_round)
+
+    def _locked_round(self, conn: Connection) -> bool:
+        with conn.begin():
             if not _try_lock(conn):
                 return False
             busy = self._push_overdue(conn)

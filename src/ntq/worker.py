@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ntq import delivery, metrics, notify, queue
+from ntq import db, delivery, metrics, notify, queue
 from ntq.config import Settings
 from ntq.db import transaction
 from ntq.records import Acquired, AttemptResult, Verdict
@@ -128,8 +128,8 @@ class Worker:
         return _parse_ids([popped[1], *(more[0] if more and more[0] else [])])
 
     def _acquire(self, ids: list[uuid.UUID]) -> list[Acquired]:
-        with self.engine.begin() as conn:  # one statement (autocommit: no BEGIN)
-            return queue.acquire(conn, ids)
+        # One statement (autocommit: no BEGIN), on a fresh connection if its own was lost.
+        return db.retrying(self.engine, lambda conn: queue.acquire(conn, ids))
 
     def _attempt(self, task: Acquired) -> None:
         structlog.contextvars.bind_contextvars(task_id=str(task.id), attempt=task.retry_count)
@@ -192,12 +192,14 @@ class Worker:
         """Run ``action`` (in a transaction if ``atomic``; the engine is in autocommit),
         retrying through a database outage for a while; None if it never succeeded (the
         lease then expires and the task is retried)."""
+        def once(conn: Connection) -> T:
+            with transaction(conn) if atomic else conn.begin():
+                return action(conn)
+
         deadline = time.monotonic() + FINISH_RETRY_FOR
         while True:
             try:
-                with (self.engine.connect() as conn,
-                      transaction(conn) if atomic else conn.begin()):
-                    return action(conn)
+                return db.retrying(self.engine, once)
             except SQLAlchemyError as exc:
                 if time.monotonic() > deadline:
                     log.error("worker.write_failed", error=str(exc).splitlines()[0])

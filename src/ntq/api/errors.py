@@ -11,8 +11,11 @@ from pyramid.httpexceptions import HTTPException
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import exception_view_config
+from pyramid_retry import mark_error_retryable
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from ntq import db
 
 log = structlog.get_logger(__name__)
 
@@ -74,24 +77,37 @@ def _allowed(request: Request, route_name: str) -> list[str]:
     return sorted(methods)
 
 
-def _unavailable(kind: str) -> Response:
-    response = error_response(503, "database_unavailable",
-                              f"PostgreSQL is unreachable ({kind}); retry shortly")
+def _retry_later(code: str, message: str) -> Response:
+    response = error_response(503, code, message)
     response.headers["Retry-After"] = DB_RETRY_AFTER
     return response
 
 
-@exception_view_config(OperationalError)
 @exception_view_config(PoolTimeout)
-def database_unavailable(exc: Exception, request: Request) -> Response:
+def database_busy(exc: PoolTimeout, request: Request) -> Response:
     log.warning("web.database_unavailable", error=type(exc).__name__)
-    return _unavailable(type(exc).__name__)
+    return _retry_later("database_unavailable",
+                        "no PostgreSQL connection was free in time; retry shortly")
 
 
 @exception_view_config(DBAPIError)
 def database_error(exc: DBAPIError, request: Request) -> Response:
-    if exc.connection_invalidated:
-        return _unavailable("connection lost")
+    """PostgreSQL failed the request. When a new try may succeed (a lost connection, a
+    deadlock), pyramid_retry runs the request again and discards this answer; after the
+    last try, the client is told what happened and when to retry."""
+    if db.retryable(exc):
+        mark_error_retryable(exc)
+    if db.is_read_only(exc):
+        log.warning("web.database_read_only")
+        return _retry_later("database_read_only",
+                            "PostgreSQL is read-only (a failover?); retry shortly")
+    if db.is_conflict(exc):
+        log.warning("web.database_conflict", error=type(exc.orig).__name__)
+        return _retry_later("database_conflict",
+                            "the transaction kept conflicting with concurrent ones; retry")
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        log.warning("web.database_unavailable", error=type(exc.orig).__name__)
+        return _retry_later("database_unavailable", "PostgreSQL is unreachable; retry shortly")
     log.exception("web.database_error")
     return error_response(500, "internal_error", "internal error")
 

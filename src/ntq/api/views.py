@@ -14,10 +14,9 @@ from gunicorn.http.errors import ParseException
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ntq import __version__, ingest, queue
+from ntq import __version__, db, ingest, queue
 from ntq.api import auth, schemas
 from ntq.api.errors import ApiError
 from ntq.api.render import json_response, task_json, task_response
@@ -137,10 +136,10 @@ def submit(request: Request, key: str | None,
            batch: list[NewTask]) -> list[tuple[TaskView, bool]]:
     """Store ``batch`` for the key's application (401 if the key is not valid), then
     wake the workers: :mod:`ntq.ingest`, one autocommit statement, outside the request's
-    transaction."""
-    with request.registry.ntq_autocommit.connect() as conn:
-        done = (ingest.submit(conn, batch[0], key) if len(batch) == 1
-                else ingest.submit_batch(conn, batch, key))
+    transaction (so retried by itself on a fresh connection if its own was lost)."""
+    done = db.retrying(request.registry.ntq_autocommit, lambda conn: (
+        ingest.submit(conn, batch[0], key) if len(batch) == 1
+        else ingest.submit_batch(conn, batch, key)))
     if done is None:
         raise auth.invalid_key()
     # What the ``caller`` request property would have looked up, already known.
@@ -217,18 +216,22 @@ def healthz(request: Request) -> Response:
 
 @view_config(route_name="readyz")
 def readyz(request: Request) -> Response:
-    """PostgreSQL and Redis both reachable: 200; otherwise 503 naming what is down."""
+    """PostgreSQL reachable and writable, and Redis reachable: 200; otherwise 503 naming
+    what is down (or read-only)."""
     checks = {"postgresql": _check_db(request), "redis": _check_redis(request)}
     ready = all(value == "ok" for value in checks.values())
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 
 
 def _check_db(request: Request) -> str:
-    """Both pools answer: the request transactions' and the enqueue statements'."""
+    """Both pools reach a writable database: the request transactions' and the enqueue
+    statements'. A pooled connection that was lost, or opened while the database was
+    read-only, is replaced first: the answer is about PostgreSQL as it is now."""
     try:
         for engine in (request.registry.ntq_engine, request.registry.ntq_autocommit):
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+            db.retrying(engine, db.check_writable)
+    except DBAPIError as exc:
+        return "read-only" if db.is_read_only(exc) else f"unreachable: {type(exc).__name__}"
     except SQLAlchemyError as exc:
         return f"unreachable: {type(exc).__name__}"
     return "ok"
