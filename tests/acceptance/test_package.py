@@ -24,6 +24,7 @@ from ntq.db import make_engine
 from tests.conftest import _fresh_database, stack_env
 from tests.support.hook import HookServer
 from tests.support.procs import free_port
+from tests.support.tasks import wait_until
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -76,12 +77,21 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new virtual environment holding ntq's wheel (built from its sdist) and the
     dependencies it declares, from the package index: no extra, no source checkout."""
     root = tmp_path_factory.mktemp("package")
-    run([sys.executable, "-m", "build", "--outdir", str(root / "dist"), str(REPOSITORY)],
-        dict(os.environ), root)
+    env = installed_env(dict(os.environ))
+    run([sys.executable, "-m", "build", "--outdir", str(root / "dist"), str(REPOSITORY)], env,
+        root)
     (wheel,) = (root / "dist").glob("ntq-*.whl")
-    run([sys.executable, "-m", "venv", str(root / "venv")], dict(os.environ), root)
-    run([str(root / "venv" / "bin" / "pip"), "install", str(wheel)], dict(os.environ), root)
+    run([sys.executable, "-m", "venv", str(root / "venv")], env, root)
+    run([str(root / "venv" / "bin" / "pip"), "install", str(wheel)], env, root)
+    imported = run([str(root / "venv" / "bin" / "python"), "-c", "import ntq; print(ntq.__file__)"],
+                   env, root)
+    assert "site-packages" in imported, imported
     return root / "venv"
+
+
+def installed_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without PYTHONPATH: only the installed package may be imported."""
+    return {name: value for name, value in env.items() if name != "PYTHONPATH"}
 
 
 @pytest.fixture
@@ -101,14 +111,12 @@ def empty_dir(tmp_path: Path) -> Path:
 @pytest.mark.timeout(300)
 def test_installed_serve_without_server_urls_names_the_embedded_extra(
         venv: Path, empty_dir: Path) -> None:
-    env = stack_env("unused", "unused", PORT=str(free_port()))
+    env = installed_env(stack_env("unused", "unused", PORT=str(free_port())))
     del env["DATABASE_URL"], env["REDIS_URL"]
     serve = Console([str(venv / "bin" / "ntq"), "serve"], env, empty_dir,
                     empty_dir.parent / "serve.log")
-    deadline = time.monotonic() + 120
-    while serve.proc.poll() is None and time.monotonic() < deadline \
-            and "serving on" not in serve.text():
-        time.sleep(0.2)
+    wait_until(lambda: serve.proc.poll() is not None or "serving on" in serve.text(), 120,
+               interval=0.2)
     if serve.proc.poll() is None:
         serve.interrupt()
         pytest.fail(f"ntq serve ran without DATABASE_URL and REDIS_URL:\n{serve.text()}")
@@ -121,7 +129,7 @@ def test_installed_wheel_migrates_serves_and_delivers_from_an_empty_directory(
         venv: Path, empty_dir: Path, fresh_url: str, redis_url: str,
         hook: HookServer) -> None:
     port = free_port()
-    env = stack_env(fresh_url, redis_url, PORT=str(port))
+    env = installed_env(stack_env(fresh_url, redis_url, PORT=str(port)))
     run([str(venv / "bin" / "ntq"), "migrate"], env, empty_dir)
     engine = make_engine(fresh_url, pool_size=1, max_overflow=0)
     with engine.connect() as conn:
@@ -149,7 +157,8 @@ def test_procfile_under_honcho_delivers_and_stops_every_process(
         venv: Path, empty_dir: Path, fresh_url: str, redis_url: str,
         hook: HookServer) -> None:
     port = free_port()
-    env = stack_env(fresh_url, redis_url, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    env = installed_env(stack_env(fresh_url, redis_url,
+                                  PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"))
     honcho = [sys.executable, "-m", "honcho", "-f", str(REPOSITORY / "Procfile")]
     # README, Deploying: migrations first (honcho would stop everything when `release`
     # exits), then the long-running processes.
