@@ -92,6 +92,8 @@ def call(session: requests.Session, method: str, url: str, headers: Mapping[str,
         return _failed(method, started, clock, f"timed out after {timeout:g} s")
     except requests.RequestException as exc:
         return _failed(method, started, clock, _describe(exc), _is_permanent(exc))
+    except Exception as exc:  # recorded, not raised: see _unexpected
+        return _failed(method, started, clock, *_unexpected(exc))
     return AttemptResult(
         method=method, started=started, elapsed_ms=_elapsed(clock),
         status_code=response.status_code, reason=response.reason,
@@ -111,7 +113,17 @@ def _failed(method: str, started: datetime, clock: float, error: str,
 
 
 PERMANENT = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-             requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects)
+             requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
+             requests.exceptions.URLRequired, requests.exceptions.TooManyRedirects)
+
+
+def _unexpected(exc: Exception) -> tuple[str, bool]:
+    """The error text of an exception that is not requests' own, and whether it is
+    permanent. Letting it escape would end the attempt unrecorded, and the task would be
+    retried forever as each lease expired. Outside the network (``OSError``) the cause is
+    in the request itself (a header value that is not Latin-1, a redirect to a host name
+    that cannot be encoded...) and would fail every attempt the same way."""
+    return f"cannot send the request: {_describe(exc)}", not isinstance(exc, OSError)
 
 
 def _is_permanent(exc: requests.RequestException) -> bool:
@@ -127,7 +139,7 @@ def _blocked(exc: BaseException) -> BlockedAddress | None:
     return None
 
 
-def _describe(exc: requests.RequestException) -> str:
+def _describe(exc: Exception) -> str:
     """A short error text naming the cause, never the URL (it may carry credentials)."""
     blocked = _blocked(exc)
     if blocked is not None:
