@@ -167,9 +167,11 @@ NOTICE_TRIES = 3
 
 def send_cancel_notice(session: requests.Session, task: Acquired) -> AttemptResult:
     """``DELETE`` the cancelled task's URL so its service can stop the work (retried
-    briefly on network errors)."""
+    briefly on network errors). It is a message of its own: its ``webhook-id`` is the
+    notice's identity, not the task id the deliveries carry, so a receiver that
+    de-duplicates on it still sees the cancel; the same on each retry."""
     headers = {**task.headers, "User-Agent": USER_AGENT, "NTQ-Task-Id": str(task.id)}
-    headers.update(signing.headers(task.secret, str(task.id), int(time.time()), b""))
+    headers.update(signing.headers(task.secret, str(task.attempt_id), int(time.time()), b""))
     for attempt in range(1, NOTICE_TRIES + 1):
         result = call(session, "DELETE", task.url, headers, b"", NOTICE_TIMEOUT, 4096)
         if result.status_code is not None or attempt == NOTICE_TRIES:

@@ -47,6 +47,8 @@ UNSENDABLE_JSON = {
                                        "invalid_url", "url"),
     "host starting with a dot": ({"url": "http://.example.com/"}, "invalid_url", "url"),
     "host with a percent sign": ({"url": "http://%zz/"}, "invalid_url", "url"),
+    "cancel_notice unknown": ({"cancel_notice": "sometimes"}, "invalid_cancel_notice",
+                              "cancel_notice"),
 }
 
 
@@ -63,6 +65,8 @@ def test_unsendable_structured_tasks_are_400_naming_the_field(
 
 UNSENDABLE_QUERY = {
     "url host with an empty label": ({"url": "http://a..example.com/"}, "invalid_url", "url"),
+    "cancel_notice unknown": ({"cancel_notice": "Always"}, "invalid_cancel_notice",
+                              "cancel_notice"),
 }
 
 

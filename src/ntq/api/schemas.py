@@ -19,7 +19,7 @@ import orjson
 
 from ntq.api.errors import ApiError
 from ntq.config import Settings
-from ntq.models import BACKOFFS, METHODS, STATUSES
+from ntq.models import BACKOFFS, METHODS, NOTICE_POLICIES, STATUSES
 from ntq.reads import TaskFilter
 from ntq.records import NewTask
 from ntq.urlsafety import UnsafeURL, check_url
@@ -44,6 +44,7 @@ PASSTHROUGH_PREFIXES = ("ntq-passthrough-", "ntorque-passthrough-")
 JSON_FIELDS = frozenset({
     "url", "method", "headers", "body", "json", "body_base64", "content_type", "timeout",
     "delay", "not_before", "max_retries", "backoff", "callback", "idempotency_key",
+    "cancel_notice",
 })
 
 
@@ -205,6 +206,9 @@ def common(params: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         out["backoff"] = _choice("backoff", params["backoff"], BACKOFFS)
     if params.get("callback") is not None:
         out["callback"] = _url("callback", params["callback"])
+    if params.get("cancel_notice") is not None:
+        out["cancel_notice"] = _choice("cancel_notice", params["cancel_notice"],
+                                       NOTICE_POLICIES)
     return out
 
 
