@@ -346,3 +346,51 @@ def test_concurrent_duplicates_of_an_idempotency_key_make_one_task(
     assert len(outcomes) == 6
     assert len({task_id for task_id, _ in outcomes}) == 1
     assert sum(created for _, created in outcomes) == 1
+
+
+def test_an_attempt_from_before_a_replay_cannot_finish_the_replayed_task(
+        engine: Engine, creds: Credentials) -> None:
+    """Cancel and replay reset the attempt counter; the attempt's identity is never reused."""
+    task = put(engine, creds)
+    (before,) = take(engine, task.id)
+    with engine.begin() as conn:
+        assert queue.cancel(conn, task.id, creds.app_id) is not None
+        assert queue.replay(conn, task.id, creds.app_id) is not None
+    (replayed,) = take(engine, task.id)
+    assert replayed.retry_count == before.retry_count == 1
+    assert replayed.attempt_id != before.attempt_id
+    finish(engine, replayed, Verdict("retry", error="HTTP 503", delay=60), result(503))
+    with engine.begin() as conn:
+        done = queue.finish(conn, before, result(200), Verdict("complete"))
+    assert done.status is None
+    stored = row(engine, task.id)
+    assert (stored.status, stored.last_status_code) == ("PENDING", 503)
+
+
+def test_the_previous_versions_writes_still_work_after_migration_0002(
+        engine: Engine, creds: Credentials) -> None:
+    """Expand only: the previous version's insert, cancel and notice statements (which use
+    0001's ``cancel_notice`` column) run beside this one, and its cancels owe notices that
+    this version's workers send."""
+    task_id = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO tasks (id, app_id, status, url, method, headers, body, timeout, "
+            "retry_count, max_retries, backoff, cancel_notice) VALUES (:id, :app, 'PENDING', "
+            ":url, 'POST', '{}', '', 60, 0, 3, 'linear', false)"),
+            {"id": task_id, "app": creds.app_id, "url": HOOK})
+        conn.execute(text("UPDATE tasks SET status = 'CANCELLED', cancel_notice = true, "
+                          "due = now() WHERE id = :id"), {"id": task_id})
+    with engine.begin() as conn:
+        view = queue.get(conn, task_id, creds.app_id)
+    assert view is not None
+    assert view.cancel_notice == "started"
+    (notice,) = take(engine, task_id)
+    assert notice.is_cancel_notice
+    assert notice.attempt_id is not None
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET cancel_notice = false WHERE id = :id "
+                          "AND cancel_notice"), {"id": task_id})
+        owed = conn.execute(text("SELECT notice_owed FROM tasks WHERE id = :id"),
+                            {"id": task_id}).scalar_one()
+    assert owed is False
