@@ -3,8 +3,8 @@
 Each write that ends an attempt is guarded by the identity of the attempt it acquired (new at
 every acquire, never reused, not even after a replay) and by the task still being PENDING,
 so a stale, slow or cancelled attempt never overwrites a newer state; a terminal task leaves
-its state only by an explicit replay. Functions take an open
-connection or session; the caller owns the transaction and notifies Redis after commit.
+its state only by an explicit replay. Functions take an open connection or session; the
+caller owns the transaction and notifies Redis after commit.
 """
 
 from __future__ import annotations
