@@ -1,9 +1,10 @@
 """Attempt identities, the cancel_notice policy, notice_owed, tasks deleted but owed a notice.
 
-Expand only: the previous version keeps running against this schema. It still writes
-``cancel_notice`` (the boolean "notice owed" of 0001), so that column stays, and a trigger
-copies what it sets into ``notice_owed`` (a cancel by the previous version also gets its
-notice an identity). A later revision drops both once no running version writes it.
+Expand only: the previous version keeps running against this schema. It still reads and
+writes ``cancel_notice`` (the boolean "notice owed" of 0001), so that column stays, and a
+trigger keeps it equal to ``notice_owed`` whichever version writes (a cancel by the previous
+version also gets its notice an identity): a notice is sent once, by either version. A later
+revision drops the column and the trigger once no running version uses them.
 
 Revision ID: 0002
 Revises: 0001
@@ -18,23 +19,28 @@ branch_labels = None
 depends_on = None
 
 SYNC_FUNCTION = """
-CREATE FUNCTION ntq_notice_owed_from_cancel_notice() RETURNS trigger
+CREATE FUNCTION ntq_sync_notice_owed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.notice_owed := NEW.cancel_notice;
-    IF NEW.cancel_notice AND NOT OLD.cancel_notice THEN
-        NEW.attempt_id := gen_random_uuid();
+    IF NEW.cancel_notice IS DISTINCT FROM OLD.cancel_notice THEN
+        NEW.notice_owed := NEW.cancel_notice;
+        IF NEW.cancel_notice THEN
+            NEW.attempt_id := gen_random_uuid();
+        END IF;
+    ELSE
+        NEW.cancel_notice := NEW.notice_owed;
     END IF;
     RETURN NEW;
 END
 $$
 """
 
-# Fires only for statements that set cancel_notice: the previous version's, never this one's.
+# Fires only for statements that set one of the two: cancels, replays and notices, never
+# the hot acquire, finish or insert.
 SYNC_TRIGGER = """
-CREATE TRIGGER ntq_notice_owed_from_cancel_notice
-BEFORE UPDATE OF cancel_notice ON tasks
-FOR EACH ROW EXECUTE FUNCTION ntq_notice_owed_from_cancel_notice()
+CREATE TRIGGER ntq_sync_notice_owed
+BEFORE UPDATE OF cancel_notice, notice_owed ON tasks
+FOR EACH ROW EXECUTE FUNCTION ntq_sync_notice_owed()
 """
 
 
@@ -59,12 +65,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("UPDATE tasks SET cancel_notice = notice_owed WHERE notice_owed")
-    op.execute("DROP TRIGGER ntq_notice_owed_from_cancel_notice ON tasks")
-    op.execute("DROP FUNCTION ntq_notice_owed_from_cancel_notice()")
+    op.execute("DROP TRIGGER ntq_sync_notice_owed ON tasks")
+    op.execute("DROP FUNCTION ntq_sync_notice_owed()")
     op.drop_index("ix_tasks_notice_owed_due", table_name="tasks",
                   postgresql_where=sa.text("notice_owed"))
-    op.drop_constraint("ck_tasks_notice_policy", "tasks", type_="check")
+    op.drop_constraint(op.f("ck_tasks_notice_policy"), "tasks", type_="check")
     op.drop_column("tasks", "deleted")
     op.drop_column("tasks", "notice_owed")
     op.drop_column("tasks", "notice_policy")

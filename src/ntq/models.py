@@ -118,8 +118,8 @@ class Task(Base):
     notice_policy: Mapped[str] = mapped_column(String(16), server_default=text("'started'"))
     # A cancelled task whose hook is still owed its DELETE notice (sent by a worker when
     # ``due`` passes; the requeue poller finds these like PENDING tasks). Revision 0001
-    # called it ``cancel_notice``: that column stays until no running version writes it,
-    # and a trigger copies what it is set to here.
+    # called it ``cancel_notice``: that column stays, kept equal to this one by a trigger,
+    # until no running version uses it.
     notice_owed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # Deleted by ``DELETE /`` but kept, out of sight, until its cancel notice is sent.
     deleted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))

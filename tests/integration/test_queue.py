@@ -367,30 +367,44 @@ def test_an_attempt_from_before_a_replay_cannot_finish_the_replayed_task(
     assert (stored.status, stored.last_status_code) == ("PENDING", 503)
 
 
+def owed(engine: Engine, task_id: uuid.UUID) -> tuple[bool, bool]:
+    """(``notice_owed``, 0001's ``cancel_notice``) of the task."""
+    with engine.begin() as conn:
+        found = conn.execute(text("SELECT notice_owed, cancel_notice FROM tasks WHERE id = :id"),
+                             {"id": task_id}).one()
+    return found.notice_owed, found.cancel_notice
+
+
 def test_the_previous_versions_writes_still_work_after_migration_0002(
         engine: Engine, creds: Credentials) -> None:
-    """Expand only: the previous version's insert, cancel and notice statements (which use
-    0001's ``cancel_notice`` column) run beside this one, and its cancels owe notices that
-    this version's workers send."""
-    task_id = uuid.uuid4()
+    """Expand only: the previous version's insert, cancel and notice statements (on 0001's
+    ``cancel_notice``) run beside this version's, and a notice is owed in both columns
+    alike, whichever version cancelled or sent it: sent once, by either."""
+    old_id = uuid.uuid4()
     with engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO tasks (id, app_id, status, url, method, headers, body, timeout, "
             "retry_count, max_retries, backoff, cancel_notice) VALUES (:id, :app, 'PENDING', "
             ":url, 'POST', '{}', '', 60, 0, 3, 'linear', false)"),
-            {"id": task_id, "app": creds.app_id, "url": HOOK})
+            {"id": old_id, "app": creds.app_id, "url": HOOK})
         conn.execute(text("UPDATE tasks SET status = 'CANCELLED', cancel_notice = true, "
-                          "due = now() WHERE id = :id"), {"id": task_id})
-    with engine.begin() as conn:
-        view = queue.get(conn, task_id, creds.app_id)
+                          "due = now() WHERE id = :id"), {"id": old_id})
+        view = queue.get(conn, old_id, creds.app_id)
     assert view is not None
     assert view.cancel_notice == "started"
-    (notice,) = take(engine, task_id)
+    assert owed(engine, old_id) == (True, True)
+    (notice,) = take(engine, old_id)
     assert notice.is_cancel_notice
     assert notice.attempt_id is not None
     with engine.begin() as conn:
+        queue.finish_notice(conn, notice, result())
+    assert owed(engine, old_id) == (False, False)
+
+    new = put(engine, creds, cancel_notice="always")
+    with engine.begin() as conn:
+        assert queue.cancel(conn, new.id, creds.app_id) is not None
+    assert owed(engine, new.id) == (True, True)
+    with engine.begin() as conn:
         conn.execute(text("UPDATE tasks SET cancel_notice = false WHERE id = :id "
-                          "AND cancel_notice"), {"id": task_id})
-        owed = conn.execute(text("SELECT notice_owed FROM tasks WHERE id = :id"),
-                            {"id": task_id}).scalar_one()
-    assert owed is False
+                          "AND cancel_notice"), {"id": new.id})
+    assert owed(engine, new.id) == (False, False)
