@@ -1,14 +1,14 @@
 """Counters for /metrics in PostgreSQL: per-process rows that only grow, summed by name.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-02 15:30:00.000000
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = '0003'
-down_revision = '0001'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 

@@ -105,6 +105,8 @@ def call(session: requests.Session, method: str, url: str, headers: Mapping[str,
         return _failed(method, started, clock, f"timed out after {timeout:g} s")
     except requests.RequestException as exc:
         return _failed(method, started, clock, _describe(exc), _is_permanent(exc))
+    except Exception as exc:  # recorded, not raised: see _unexpected
+        return _failed(method, started, clock, *_unexpected(exc))
     return AttemptResult(
         method=method, started=started, elapsed_ms=_elapsed(clock),
         status_code=response.status_code, reason=response.reason,
@@ -124,7 +126,17 @@ def _failed(method: str, started: datetime, clock: float, error: str,
 
 
 PERMANENT = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-             requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects)
+             requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
+             requests.exceptions.URLRequired, requests.exceptions.TooManyRedirects)
+
+
+def _unexpected(exc: Exception) -> tuple[str, bool]:
+    """The error text of an exception that is not requests' own, and whether it is
+    permanent. Letting it escape would end the attempt unrecorded, and the task would be
+    retried forever as each lease expired. Outside the network (``OSError``) the cause is
+    in the request itself (a header value that is not Latin-1, a redirect to a host name
+    that cannot be encoded...) and would fail every attempt the same way."""
+    return f"cannot send the request: {_describe(exc)}", not isinstance(exc, OSError)
 
 
 def _is_permanent(exc: requests.RequestException) -> bool:
@@ -140,7 +152,7 @@ def _blocked(exc: BaseException) -> BlockedAddress | None:
     return None
 
 
-def _describe(exc: requests.RequestException) -> str:
+def _describe(exc: Exception) -> str:
     """A short error text naming the cause, never the URL (it may carry credentials)."""
     blocked = _blocked(exc)
     if blocked is not None:
@@ -168,9 +180,11 @@ NOTICE_TRIES = 3
 
 def send_cancel_notice(session: requests.Session, task: Acquired) -> AttemptResult:
     """``DELETE`` the cancelled task's URL so its service can stop the work (retried
-    briefly on network errors)."""
+    briefly on network errors). It is a message of its own: its ``webhook-id`` is the
+    notice's identity, not the task id the deliveries carry, so a receiver that
+    de-duplicates on it still sees the cancel; the same on each retry."""
     headers = {**task.headers, "User-Agent": USER_AGENT, "NTQ-Task-Id": str(task.id)}
-    headers.update(signing.headers(task.secret, str(task.id), int(time.time()), b""))
+    headers.update(signing.headers(task.secret, str(task.attempt_id), int(time.time()), b""))
     for attempt in range(1, NOTICE_TRIES + 1):
         result = call(session, "DELETE", task.url, headers, b"", NOTICE_TIMEOUT, 4096)
         if result.status_code is not None or attempt == NOTICE_TRIES:

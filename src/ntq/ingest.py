@@ -27,7 +27,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     column,
-    false,
     func,
     literal_column,
     null,
@@ -81,8 +80,9 @@ def _insert_for_caller(idempotent: bool) -> Select[Any]:
 
 
 # Built once: requests only bind values.
-_PLAIN = Prepared.of("ntq_enqueue", _insert_for_caller(idempotent=False))
-_IDEMPOTENT = Prepared.of("ntq_enqueue_idempotent", _insert_for_caller(idempotent=True))
+# Named for the schema they were written for (see queue.acquire).
+_PLAIN = Prepared.of("ntq_enqueue_0002", _insert_for_caller(idempotent=False))
+_IDEMPOTENT = Prepared.of("ntq_enqueue_idempotent_0002", _insert_for_caller(idempotent=True))
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def submit(conn: Connection, new: NewTask, key: str | None) -> Submitted | None:
 # A batch travels as one JSON array of these fields (bodies in base64), unpacked by
 # json_to_recordset: one parameter, whatever the batch's size.
 _BATCH_FIELDS = ("id", "url", "method", "headers", "body", "content_type", "timeout",
-                 "max_retries", "backoff", "callback", "not_before", "delay")
+                 "max_retries", "backoff", "callback", "not_before", "delay", "notice_policy")
 
 
 def _batch_for_caller() -> Select[Any]:
@@ -134,7 +134,7 @@ def _batch_for_caller() -> Select[Any]:
     computed = {
         "app_id": _CALLER.c.app_id, "status": literal_column(f"'{PENDING}'"),
         "retry_count": literal_column("0"), "idempotency_key": null(), "callback_of": null(),
-        "cancel_notice": false(), "headers": cast(given.c.headers, JSONB),
+        "headers": cast(given.c.headers, JSONB),
         "body": func.decode(given.c.body, literal_column("'base64'")),
     }
     values = select(*[computed[name] if name in computed else given.c[name]
@@ -152,7 +152,7 @@ def _batch_json(rows: list[dict[str, Any]]) -> str:
     ]).decode()
 
 
-_BATCH = Prepared.of("ntq_enqueue_batch", _batch_for_caller())
+_BATCH = Prepared.of("ntq_enqueue_batch_0002", _batch_for_caller())
 
 
 def submit_batch(conn: Connection, batch: Sequence[NewTask],

@@ -36,6 +36,9 @@ TERMINAL = (COMPLETED, FAILED, CANCELLED)
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 BACKOFFS = ("exponential", "linear")
+# When a cancelled task's hook is sent the DELETE notice: once an attempt has begun (the hook
+# may have started work), always, or never.
+NOTICE_POLICIES = ("started", "always", "never")
 
 Timestamp = DateTime(timezone=True)
 
@@ -74,6 +77,7 @@ class Task(Base):
         CheckConstraint(f"status IN {STATUSES!r}", name="status"),
         CheckConstraint(f"method IN {METHODS!r}", name="method"),
         CheckConstraint(f"backoff IN {BACKOFFS!r}", name="backoff"),
+        CheckConstraint(f"notice_policy IN {NOTICE_POLICIES!r}", name="notice_policy"),
         # The requeue poller's query: PENDING tasks due now, oldest first. Partial, so
         # finished tasks (the vast majority at rest) cost it nothing.
         Index("ix_tasks_pending_due", "due", "id", postgresql_where=text("status = 'PENDING'")),
@@ -82,7 +86,7 @@ class Task(Base):
         # Cleanup of finished tasks by age.
         Index("ix_tasks_finished_modified", "modified",
               postgresql_where=text("status <> 'PENDING'")),
-        Index("ix_tasks_cancel_notice_due", "due", postgresql_where=text("cancel_notice")),
+        Index("ix_tasks_notice_owed_due", "due", postgresql_where=text("notice_owed")),
         Index("uq_tasks_app_id_idempotency_key", "app_id", "idempotency_key", unique=True,
               postgresql_nulls_not_distinct=True,
               postgresql_where=text("idempotency_key IS NOT NULL")),
@@ -107,10 +111,19 @@ class Task(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     callback: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # The identity of the task's current attempt, never reused: a delivery's, new at each
+    # acquire, or the cancel notice's, new at the cancel (it is the notice's webhook-id).
+    # Every write that ends an attempt is guarded by it; NULL while nothing is attempted.
+    attempt_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # The task's ``cancel_notice`` (one of NOTICE_POLICIES).
+    notice_policy: Mapped[str] = mapped_column(String(16), server_default=text("'started'"))
     # A cancelled task whose hook is still owed its DELETE notice (sent by a worker when
-    # ``due`` passes; the requeue poller finds these like PENDING tasks).
-    cancel_notice: Mapped[bool] = mapped_column(Boolean, default=False,
-                                                server_default=text("false"))
+    # ``due`` passes; the requeue poller finds these like PENDING tasks). Revision 0001
+    # called it ``cancel_notice``: that column stays, kept equal to this one by a trigger,
+    # until no running version uses it.
+    notice_owed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Deleted by ``DELETE /`` but kept, out of sight, until its cancel notice is sent.
+    deleted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # For a callback delivery: the task whose outcome it reports.
     callback_of: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     # When the task first became due (its enqueue's delay or not_before passed, or its

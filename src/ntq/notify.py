@@ -148,24 +148,35 @@ class Notifier:
         metrics.count_terminal(counts, status)
         pipe.publish(self.settings.finished_channel(task_id), status)
 
-    def cancelled(self, task_id: Id, callback_id: Id | None = None) -> None:
+    def cancelled(self, task_id: Id, callback_id: Id | None = None,
+                  notice: bool = True) -> None:
         """After a cancel committed: interrupt running attempts anywhere, schedule the
-        hook's DELETE notice, announce the terminal state."""
+        hook's DELETE notice if it is owed, announce the terminal state."""
         pipe = self.redis.pipeline(transaction=False)
         counts: Counter[str] = Counter()
         pipe.publish(self.settings.cancel_channel, str(task_id))
-        pipe.zadd(self.settings.scheduled_key, {str(task_id): time.time() + NOTICE_DELAY})
+        if notice:
+            self._schedule_notices(pipe, [task_id])
         if callback_id is not None:
             self._wake_callback(pipe, counts, callback_id)
         self._finished(pipe, counts, task_id, "CANCELLED")
         self.tally.add(counts)
         self._run("cancelled", pipe)
 
-    def interrupt_app(self, app_id: uuid.UUID | None) -> None:
-        """Interrupt every running attempt of the application's tasks (they were deleted)."""
+    def deleted_all(self, app_id: uuid.UUID | None, notices: Iterable[Id]) -> None:
+        """After an application's tasks were deleted: interrupt every running attempt of
+        them, schedule the DELETE notices still owed to their hooks."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.publish(self.settings.cancel_channel, f"app:{app_id}")
+        self._schedule_notices(pipe, notices)
         self._run("interrupt", pipe)
+
+    def _schedule_notices(self, pipe: redis.client.Pipeline, task_ids: Iterable[Id]) -> None:
+        """Wake a worker for each task's notice once its attempt had time to be interrupted."""
+        when = time.time() + NOTICE_DELAY
+        scheduled = {str(task_id): when for task_id in task_ids}
+        if scheduled:
+            pipe.zadd(self.settings.scheduled_key, scheduled)
 
     def promote_due(self, limit: int = 1000) -> int:
         """Move scheduled ids whose time has come onto the queue; return how many."""

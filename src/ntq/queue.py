@@ -1,9 +1,10 @@
 """Every task state transition, one short function each.
 
-Each write that ends an attempt is guarded by the attempt number it acquired and by the
-task still being PENDING, so a stale, slow or cancelled attempt never overwrites a newer
-state; a terminal task leaves its state only by an explicit replay. Functions take an open
-connection or session; the caller owns the transaction and notifies Redis after commit.
+Each write that ends an attempt is guarded by the identity of the attempt it acquired (new at
+every acquire, never reused, not even after a replay) and by the task still being PENDING,
+so a stale, slow or cancelled attempt never overwrites a newer state; a terminal task leaves
+its state only by an explicit replay. Functions take an open connection or session; the
+caller owns the transaction and notifies Redis after commit.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from sqlalchemy import (
     CursorResult,
     Float,
     Table,
+    and_,
     any_,
     bindparam,
     case,
     delete,
+    false,
     func,
     insert,
     literal_column,
+    or_,
     select,
     text,
+    true,
     tuple_,
     update,
 )
@@ -54,9 +59,14 @@ LEASE_GRACE = 10
 # A cancel notice (the DELETE sent to the hook) gets at most this long per try.
 NOTICE_TIMEOUT = 10
 
-VIEW_COLUMNS = [c for c in tasks.c if c.name != "body"] + [
-    func.octet_length(tasks.c.body).label("body_size")
+# What clients see of a task: not the body (it may be large), nor the workers' bookkeeping.
+_HIDDEN = frozenset({"body", "attempt_id", "notice_policy", "notice_owed", "deleted"})
+VIEW_COLUMNS = [c for c in tasks.c if c.name not in _HIDDEN] + [
+    tasks.c.notice_policy.label("cancel_notice"),
+    func.octet_length(tasks.c.body).label("body_size"),
 ]
+# A task the application deleted, kept only until its cancel notice is sent.
+VISIBLE = tasks.c.deleted.is_(False)
 
 
 def seconds(value: Any) -> ColumnElement[Any]:
@@ -74,7 +84,7 @@ def insert_params(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
         "not_before": new.not_before, "delay": float(new.delay),
         "retry_count": 0, "max_retries": new.max_retries, "backoff": new.backoff,
         "callback": new.callback, "idempotency_key": new.idempotency_key,
-        "callback_of": new.callback_of, "cancel_notice": False,
+        "callback_of": new.callback_of, "notice_policy": new.cancel_notice,
     }
 
 
@@ -88,13 +98,13 @@ def new_view(new: NewTask, sent: dict[str, Any], app_id: uuid.UUID | None, due: 
         retry_count=0, max_retries=new.max_retries, backoff=new.backoff, created=created,
         modified=created, last_status_code=None, last_error=None, callback=new.callback,
         idempotency_key=new.idempotency_key, callback_of=new.callback_of,
-        body_size=len(new.body))
+        cancel_notice=new.cancel_notice, body_size=len(new.body))
 
 
 INSERT_COLUMNS = (
     "id", "app_id", "status", "url", "method", "headers", "body", "content_type", "timeout",
     "retry_count", "max_retries", "backoff", "callback", "idempotency_key", "callback_of",
-    "cancel_notice",
+    "notice_policy",
 )
 
 
@@ -158,7 +168,7 @@ def by_idempotency_key(db: Db, app_id: uuid.UUID | None, key: str) -> TaskView |
 def get(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
     """The task, if it exists and belongs to ``app_id``."""
     stmt = select(*VIEW_COLUMNS).where(
-        tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id)
+        tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id), VISIBLE
     )
     row = db.execute(stmt).first()
     return TaskView.from_row(row) if row else None
@@ -173,10 +183,12 @@ def _acquire_statement() -> Prepared:
     stmt = (
         update(tasks)
         .where(tasks.c.id == any_(bindparam("ids", type_=ARRAY(tasks.c.id.type))),
-               tasks.c.due <= func.now(), delivering | tasks.c.cancel_notice)
+               tasks.c.due <= func.now(), delivering | tasks.c.notice_owed)
         .values(
             retry_count=case((delivering, tasks.c.retry_count + 1),
                              else_=tasks.c.retry_count),
+            # A notice keeps the identity its cancel gave it: the same message if retried.
+            attempt_id=case((delivering, func.gen_random_uuid()), else_=tasks.c.attempt_id),
             due=func.now() + seconds(lease),
             modified=func.now(),
             # ``due`` as it was until now: when the task became due (not before it existed).
@@ -186,7 +198,9 @@ def _acquire_statement() -> Prepared:
         .returning(*[tasks.c[name] for name in Acquired.__dataclass_fields__ if name != "secret"],
                    secret.label("secret"))
     )
-    return Prepared.of("ntq_acquire", stmt)
+    # Named for the schema it was written for: behind a pooler, a server connection may
+    # hold the previous version's statement of the same name.
+    return Prepared.of("ntq_acquire_0002", stmt)
 
 
 _ACQUIRE = _acquire_statement()
@@ -196,10 +210,10 @@ def acquire(conn: Db, ids: Sequence[uuid.UUID]) -> list[Acquired]:
     """Take the due tasks among ``ids``: PENDING ones for one delivery attempt each,
     CANCELLED ones that still owe their hook a DELETE notice.
 
-    One statement: a delivery's ``retry_count`` += 1, and ``due`` is pushed past the
-    attempt's end (timeout plus grace) so no other worker takes the task while this
-    attempt can still run. Ids that are not due (running elsewhere, delayed, finished,
-    deleted) are skipped.
+    One statement: a delivery gets a new ``attempt_id`` and ``retry_count`` += 1, and
+    ``due`` is pushed past the attempt's end (timeout plus grace) so no other worker takes
+    the task while this attempt can still run. Ids that are not due (running elsewhere,
+    delayed, finished, deleted) are skipped.
     """
     return [Acquired.from_row(row) for row in _ACQUIRE.rows(_connection(conn), {"ids": list(ids)})]
 
@@ -228,7 +242,7 @@ def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) ->
 
 
 def finish_many(conn: Db, outcomes: Sequence[Outcome]) -> list[Finished]:
-    """Apply verdicts, each guarded by its attempt number, and record the attempts: one
+    """Apply verdicts, each guarded by its attempt's identity, and record the attempts: one
     statement for the whole batch.
 
     A status is None when the attempt was stale (the task was cancelled, deleted or
@@ -237,7 +251,7 @@ def finish_many(conn: Db, outcomes: Sequence[Outcome]) -> list[Finished]:
     (in the caller's transaction: give one for tasks with callbacks).
     """
     rows = _FINISH.rows(_connection(conn), {"batch": _finish_json(outcomes)})
-    applied = {(row.id, row.retry_count) for row in rows}
+    applied = {(row.id, row.attempt_id) for row in rows}
     finished = [_finished(task, verdict, applied) for task, _, verdict in outcomes]
     return [_with_callback(conn, task, done)
             for (task, _, _), done in zip(outcomes, finished, strict=True)]
@@ -247,8 +261,8 @@ _STATUS_OF = {"complete": COMPLETED, "fail": FAILED, "retry": PENDING}
 
 
 def _finished(task: Acquired, verdict: Verdict,
-              applied: set[tuple[uuid.UUID, int]]) -> Finished:
-    if (task.id, task.retry_count) in applied:
+              applied: set[tuple[uuid.UUID, uuid.UUID]]) -> Finished:
+    if (task.id, task.attempt_id) in applied:
         return Finished(_STATUS_OF[verdict.outcome], outcome=verdict.outcome)
     return Finished(None, outcome="interrupted" if verdict.outcome == "interrupted" else "stale")
 
@@ -262,12 +276,14 @@ def _with_callback(conn: Db, task: Acquired, done: Finished) -> Finished:
 # The batch travels as one JSON array (bodies in base64). The guarded UPDATE applies each
 # verdict (interrupted attempts change nothing) and the INSERT records every attempt, as
 # ``stale`` where the UPDATE found a newer state; tasks deleted meanwhile get no record.
-_FINISH = Prepared.of("ntq_finish", text(
+# The guard compares ``retry_count`` too: the previous version's workers, while they run
+# beside this one, acquire without giving the attempt a new identity.
+_FINISH = Prepared.of("ntq_finish_0002", text(
     """
     WITH given AS (
         SELECT * FROM json_to_recordset(CAST(:batch AS json)) AS g(
-            task_id uuid, number integer, status text, code integer, last_error text,
-            delay float8, method text, started timestamptz, elapsed_ms integer,
+            task_id uuid, attempt_id uuid, number integer, status text, code integer,
+            last_error text, delay float8, method text, started timestamptz, elapsed_ms integer,
             reason text, headers json, body text, truncated boolean, error text,
             outcome text)
     ),
@@ -276,30 +292,30 @@ _FINISH = Prepared.of("ntq_finish", text(
         SET status = g.status, modified = now(), last_status_code = g.code,
             last_error = g.last_error, due = now() + g.delay * interval '1 second'
         FROM given AS g
-        WHERE t.id = g.task_id AND t.retry_count = g.number AND t.status = 'PENDING'
-          AND g.outcome <> 'interrupted'
-        RETURNING t.id, t.retry_count
+        WHERE t.id = g.task_id AND t.attempt_id = g.attempt_id AND t.retry_count = g.number
+          AND t.status = 'PENDING' AND g.outcome <> 'interrupted'
+        RETURNING t.id, t.attempt_id
     ),
     recorded AS (
         INSERT INTO attempts (task_id, number, method, started, elapsed_ms, status_code,
                               reason, headers, body, truncated, error, outcome)
         SELECT g.task_id, g.number, g.method, g.started, g.elapsed_ms, g.code, g.reason,
                CAST(g.headers AS jsonb), decode(g.body, 'base64'), g.truncated, g.error,
-               CASE WHEN (g.task_id, g.number) IN (SELECT id, retry_count FROM applied)
+               CASE WHEN (g.task_id, g.attempt_id) IN (SELECT id, attempt_id FROM applied)
                     THEN g.outcome
                     WHEN g.outcome = 'interrupted' THEN 'interrupted'
                     ELSE 'stale' END
         FROM given AS g
         WHERE EXISTS (SELECT 1 FROM tasks WHERE id = g.task_id)
     )
-    SELECT id, retry_count FROM applied
+    SELECT id, attempt_id FROM applied
     """
 ))
 
 
 def _finish_json(outcomes: Sequence[Outcome]) -> str:
     return serialize.dumps([{
-        "task_id": task.id, "number": task.retry_count,
+        "task_id": task.id, "attempt_id": task.attempt_id, "number": task.retry_count,
         "status": _STATUS_OF.get(verdict.outcome), "code": result.status_code,
         "last_error": _storable(verdict.error), "delay": float(verdict.delay or 0),
         "method": result.method, "started": result.started, "elapsed_ms": result.elapsed_ms,
@@ -324,7 +340,22 @@ def _storable_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
 
 
 def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> bool:
-    """Record the DELETE sent to a cancelled task's hook; the notice is no longer owed."""
+    """Record the DELETE sent to a cancelled task's hook: the notice is no longer owed (unless
+    the task was cancelled again since, which owes a new one). A task deleted by its
+    application, kept only for this notice, goes now. Run in a transaction."""
+    owed = conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task.id, tasks.c.attempt_id == task.attempt_id,
+               tasks.c.notice_owed)
+        .values(notice_owed=False, modified=func.now())
+        .returning(tasks.c.deleted)).first()
+    if owed is not None and owed.deleted:
+        conn.execute(delete(tasks).where(tasks.c.id == task.id))
+        return True
+    # Locked against deletion, so that the attempt's row has its task.
+    if conn.execute(select(tasks.c.id).where(tasks.c.id == task.id)
+                    .with_for_update(key_share=True)).first() is None:
+        return True
     conn.execute(insert(attempts).values(
         task_id=task.id, number=task.retry_count, method=result.method,
         started=result.started, elapsed_ms=result.elapsed_ms,
@@ -332,8 +363,6 @@ def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> bool:
         headers=_storable_headers(result.headers),
         body=result.body, truncated=result.truncated, error=_storable(result.error),
         outcome="cancel_notice"))
-    conn.execute(update(tasks).where(tasks.c.id == task.id, tasks.c.cancel_notice)
-                 .values(cancel_notice=False, modified=func.now()))
     return True
 
 
@@ -365,42 +394,70 @@ def add_callback(conn: Db, task_id: uuid.UUID) -> uuid.UUID | None:
     return created.id
 
 
-def cancel(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
-    """PENDING -> CANCELLED, with a DELETE notice now owed to the hook.
+def _notice_owed() -> ColumnElement[bool]:
+    """Whether cancelling the PENDING task owes its hook a DELETE notice, by its policy."""
+    owed: ColumnElement[bool] = case(
+        (tasks.c.notice_policy == "always", true()),
+        (tasks.c.notice_policy == "started", tasks.c.retry_count > 0),
+        else_=false())
+    return owed
 
-    Returns the cancelled task, or None if it was not PENDING.
+
+def cancel(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None
+           ) -> tuple[TaskView, bool] | None:
+    """PENDING -> CANCELLED; the running attempt, if any, can no longer finish it (its
+    identity is replaced by the notice's).
+
+    Returns the cancelled task and whether its hook is owed a DELETE notice (see
+    ``cancel_notice``), or None if it was not PENDING.
     """
     stmt = (
         update(tasks)
         .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
-               tasks.c.status == PENDING)
-        .values(status=CANCELLED, modified=func.now(), due=func.now(), cancel_notice=True,
+               tasks.c.status == PENDING, VISIBLE)
+        .values(status=CANCELLED, modified=func.now(), due=func.now(),
+                notice_owed=_notice_owed(), attempt_id=func.gen_random_uuid(),
                 last_error="cancelled")
-        .returning(*VIEW_COLUMNS)
+        .returning(*VIEW_COLUMNS, tasks.c.notice_owed)
     )
     row = db.execute(stmt).first()
-    return TaskView.from_row(row) if row else None
+    return (TaskView.from_row(row), row.notice_owed) if row else None
 
 
 def replay(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
     """FAILED or CANCELLED -> PENDING, due now, with a fresh retry budget; the attempt
-    history is kept."""
+    history is kept. No attempt holds the task until the next acquire."""
     stmt = (
         update(tasks)
         .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
-               tasks.c.status.in_([FAILED, CANCELLED]))
+               tasks.c.status.in_([FAILED, CANCELLED]), VISIBLE)
         .values(status=PENDING, due=func.now(), retry_count=0, modified=func.now(),
-                last_error=None, cancel_notice=False, first_due=None)
+                last_error=None, notice_owed=False, attempt_id=None, first_due=None)
         .returning(*VIEW_COLUMNS)
     )
     row = db.execute(stmt).first()
     return TaskView.from_row(row) if row else None
 
 
-def delete_all(db: Db, app_id: uuid.UUID | None) -> int:
-    """Delete every task of the application (their attempts go with them)."""
-    result = db.execute(delete(tasks).where(tasks.c.app_id.is_not_distinct_from(app_id)))
-    return int(cast(CursorResult[Any], result).rowcount)
+def delete_all(db: Db, app_id: uuid.UUID | None) -> list[uuid.UUID]:
+    """Delete every task of the application (their attempts go with them).
+
+    Tasks whose hook is owed a DELETE notice, by the same rule as :func:`cancel`, are
+    cancelled instead and kept out of sight (``deleted``) until it is sent; their ids are
+    returned.
+    """
+    mine = tasks.c.app_id.is_not_distinct_from(app_id)
+    pending = tasks.c.status == PENDING
+    kept = db.execute(
+        update(tasks)
+        .where(mine, VISIBLE, or_(and_(pending, _notice_owed()), tasks.c.notice_owed))
+        .values(status=CANCELLED, deleted=True, notice_owed=True, idempotency_key=None,
+                modified=func.now(), due=func.now(), last_error="deleted",
+                attempt_id=case((pending, func.gen_random_uuid()),
+                                else_=tasks.c.attempt_id))
+        .returning(tasks.c.id)).scalars().all()
+    db.execute(delete(tasks).where(mine, tasks.c.notice_owed.is_(False)))
+    return list(kept)
 
 
 def forget_responses(db: Db, task_id: uuid.UUID) -> None:
@@ -428,7 +485,7 @@ def overdue(conn: Db, limit: int, after: Cursor | None = None) -> list[Cursor]:
 
 def overdue_notices(conn: Db, limit: int) -> list[uuid.UUID]:
     """Cancelled tasks whose DELETE notice is owed and due (a partial index serves it)."""
-    stmt = (select(tasks.c.id).where(tasks.c.cancel_notice, tasks.c.due <= func.now())
+    stmt = (select(tasks.c.id).where(tasks.c.notice_owed, tasks.c.due <= func.now())
             .order_by(tasks.c.due).limit(limit))
     return list(conn.execute(stmt).scalars())
 
@@ -438,7 +495,7 @@ def cleanup(conn: Db, older_than_days: float, limit: int = 5000) -> int:
     (never a PENDING one, nor one whose cancel notice is still owed)."""
     victims = (
         select(tasks.c.id)
-        .where(tasks.c.status.in_(TERMINAL), tasks.c.cancel_notice.is_(False),
+        .where(tasks.c.status.in_(TERMINAL), tasks.c.notice_owed.is_(False),
                tasks.c.modified < func.now() - seconds(older_than_days * 86400))
         .limit(limit)
     )

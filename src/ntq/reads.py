@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Row, Table, and_, func, select
 from sqlalchemy.orm import Session
 
 from ntq.models import COMPLETED, FAILED, PENDING, STATUSES, Attempt
-from ntq.queue import VIEW_COLUMNS, seconds, tasks
+from ntq.queue import VIEW_COLUMNS, VISIBLE, seconds, tasks
 from ntq.records import TaskView
 
 Db = Connection | Session
@@ -32,7 +32,7 @@ class TaskFilter:
 def list_tasks(db: Db, app_id: uuid.UUID | None, wanted: TaskFilter) -> list[TaskView]:
     """The application's tasks, newest first. Ids are time-ordered, so "ids below the
     cursor" stays correct while new tasks arrive."""
-    stmt = select(*VIEW_COLUMNS).where(tasks.c.app_id.is_not_distinct_from(app_id))
+    stmt = select(*VIEW_COLUMNS).where(tasks.c.app_id.is_not_distinct_from(app_id), VISIBLE)
     if wanted.status:
         stmt = stmt.where(tasks.c.status == wanted.status)
     if wanted.created_after:
@@ -53,7 +53,7 @@ def attempts_of(db: Db, task_id: uuid.UUID) -> list[Row[Any]]:
 
 def stats(db: Db, app_id: uuid.UUID | None) -> dict[str, Any]:
     """Counts by status, backlog, oldest pending age, recent outcomes, delivery latency."""
-    mine = tasks.c.app_id.is_not_distinct_from(app_id)
+    mine = and_(tasks.c.app_id.is_not_distinct_from(app_id), VISIBLE)
     counts = dict.fromkeys(STATUSES, 0)
     counts.update({row.status: row.n for row in db.execute(
         select(tasks.c.status, func.count().label("n")).where(mine).group_by(tasks.c.status))})

@@ -25,6 +25,7 @@ class NewTask:
     callback: str | None = None
     idempotency_key: str | None = None
     callback_of: uuid.UUID | None = None
+    cancel_notice: str = "started"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class TaskView:
     callback: str | None
     idempotency_key: str | None
     callback_of: uuid.UUID | None
+    cancel_notice: str
     body_size: int
 
     @classmethod
@@ -59,9 +61,11 @@ class TaskView:
 
 @dataclass(frozen=True)
 class Acquired:
-    """A task a worker holds for one attempt: ``retry_count`` is this attempt's number."""
+    """A task a worker holds for one attempt: ``attempt_id`` is this attempt's identity
+    (for a cancel notice, the notice's), ``retry_count`` its number."""
 
     id: uuid.UUID
+    attempt_id: uuid.UUID
     app_id: uuid.UUID | None
     url: str
     method: str

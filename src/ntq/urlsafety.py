@@ -12,6 +12,7 @@ import socket
 from urllib.parse import urlsplit
 
 import idna
+from requests import PreparedRequest, RequestException
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NameResolutionError, NewConnectionError
@@ -56,6 +57,22 @@ def check_url(url: str) -> str:
             idna.encode(parts.hostname, uts46=True)
         except idna.IDNAError as exc:
             raise UnsafeURL(f"url host is not a valid domain name: {exc}") from None
+    return _sendable(url)
+
+
+def _sendable(url: str) -> str:
+    """``url`` if delivery can use it: requests' own parsing, then the resolver's IDNA
+    encoding of the host (an empty or over-long label fails only there, at connect)."""
+    prepared = PreparedRequest()
+    try:
+        prepared.prepare_url(url, None)
+    except RequestException as exc:
+        raise UnsafeURL(f"url host is not a valid domain name: {exc}") from None
+    try:
+        (urlsplit(prepared.url or "").hostname or "").encode("idna")
+    except UnicodeError:
+        raise UnsafeURL("url host is not a valid domain name: a label is empty or longer "
+                        "than 63 characters") from None
     return url
 
 

@@ -140,6 +140,12 @@ class Worker:
                                    elapsed_ms=0, error="interrupted: task cancelled")
             self._finish(task, result, Verdict("interrupted"))
             return
+        except Exception as exc:
+            # Escaping, it would leave the attempt unrecorded: the task would come back
+            # with every expired lease, forever.
+            log.exception("worker.attempt_crashed")
+            result = AttemptResult(method=task.method, started=datetime.now(UTC), elapsed_ms=0,
+                                   error=f"ntq could not make the request: {type(exc).__name__}")
         finally:
             self.running.pop(task.id, None)
         verdict = delivery.classify(task, result, self.settings)

@@ -200,7 +200,7 @@ def test_applications_never_see_each_others_tasks(
         "FAILED": enqueue(api, hook.script("/gone", {"status": 410})),
         "PENDING": enqueue(api, hook.script("/later"), delay=3600),
     }
-    cancelled = enqueue(api, hook.script("/cancelled"), delay=3600)
+    cancelled = enqueue(api, hook.script("/cancelled"), delay=3600, cancel_notice="always")
     assert api.delete(f"/tasks/{cancelled}").status_code == 204
     mine["CANCELLED"] = cancelled
     for status, task_id in mine.items():
@@ -294,7 +294,7 @@ def test_every_delivery_callback_and_notice_is_signed(
     structured = api.post("/tasks", json={"url": hook.script("/structured"),
                                           "body_base64": base64.b64encode(BINARY).decode()})
     assert structured.status_code == 201
-    notice_id = enqueue(api, hook.script("/notice"), delay=3600,
+    notice_id = enqueue(api, hook.script("/notice"), delay=3600, cancel_notice="always",
                         headers={"NTQ-PASSTHROUGH-X-Tenant": "t1"})
     assert api.delete(f"/tasks/{notice_id}").status_code == 204
 
@@ -308,13 +308,16 @@ def test_every_delivery_callback_and_notice_is_signed(
     assert structured_received.body == BINARY
     assert notice.body == b""
 
-    everything = [*attempts, callback, binary_received, structured_received, notice]
-    for received in everything:
+    deliveries = [*attempts, callback, binary_received, structured_received]
+    for received in [*deliveries, notice]:
         verify(creds.signing_secret, received)
+    for received in deliveries:
         assert received.headers["webhook-id"] == received.headers["NTQ-Task-Id"]
     assert [a.headers["webhook-id"] for a in attempts] == [text_id, text_id]
     assert binary_received.headers["webhook-id"] == binary.json()["id"]
-    assert notice.headers["webhook-id"] == notice_id
+    # The notice is a message of its own: its id is not the deliveries'.
+    assert notice.headers["NTQ-Task-Id"] == notice_id
+    assert notice.headers["webhook-id"] not in (notice_id, "", "None")
     assert json.loads(callback.body)["task"]["id"] == text_id
 
     # Tampering with the body, or another application's secret, fails verification.

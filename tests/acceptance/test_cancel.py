@@ -44,6 +44,8 @@ def assert_cancel_notice(hook: HookServer, path: str, task_id: str) -> None:
     assert notice.headers["NTQ-Task-Id"] == task_id
     assert notice.headers.get("X-Trace") == "trace-1", "pass-through headers not sent"
     assert notice.body == b""
+    # A message of its own: a receiver de-duplicating on webhook-id still sees it.
+    assert notice.headers["webhook-id"] != task_id
 
 
 def test_cancel_interrupts_the_running_attempt_then_deletes_at_the_hook(
@@ -155,8 +157,8 @@ def test_cancel_of_a_finished_task_is_409(api: Api, stack: Stack, hook: HookServ
 
 
 class FlakyHook:
-    """A hook that drops the first ``drop`` connections without answering (a network
-    error for the client), then answers 200 to each request and records it."""
+    """A hook that records every request's head, drops the first ``drop`` connections
+    without answering (a network error for the client), then answers 200."""
 
     def __init__(self, drop: int = 1) -> None:
         self.drop = drop
@@ -177,8 +179,6 @@ class FlakyHook:
                 return
             with conn:
                 self.connections += 1
-                if self.connections <= self.drop:
-                    continue
                 conn.settimeout(5)
                 data = b""
                 while b"\r\n\r\n" not in data:
@@ -187,6 +187,8 @@ class FlakyHook:
                         break
                     data += chunk
                 self.requests.append(data)
+                if self.connections <= self.drop:
+                    continue
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
                              b"Connection: close\r\n\r\n")
 
@@ -194,23 +196,57 @@ class FlakyHook:
         self.sock.close()
 
 
+def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    """The request line and the headers (names in lower case) of a request's head."""
+    request_line, *header_lines = head.decode("latin-1").split("\r\n")
+    return request_line, {k.strip().lower(): v.strip() for k, _, v in
+                          (line.partition(":") for line in header_lines if line)}
+
+
 def test_the_cancel_delete_is_retried_after_a_network_error(api: Api, stack: Stack) -> None:
+    """Asked for always, the notice goes even though no attempt began; its retry is the
+    same message (the same ``webhook-id``), which is not the deliveries' (the task id)."""
     flaky = FlakyHook(drop=1)
     try:
-        task_id = enqueue(api, flaky.url, delay=60)
+        task_id = enqueue(api, flaky.url, delay=60, cancel_notice="always")
         assert api.delete(f"/tasks/{task_id}").status_code == 204
-        eventually(lambda: len(flaky.requests) >= 1, 10, "the DELETE was not retried")
+        eventually(lambda: len(flaky.requests) >= 2, 10, "the DELETE was not retried")
     finally:
         flaky.close()
     assert flaky.connections == 2
-    head = flaky.requests[0].decode("latin-1")
-    request_line, *header_lines = head.split("\r\n")
+    (first_line, first), (request_line, headers) = map(parse_head, flaky.requests)
+    assert first_line.startswith("DELETE /flaky ")
     assert request_line.startswith("DELETE /flaky ")
-    headers = {k.strip().lower(): v.strip() for k, _, v in
-               (line.partition(":") for line in header_lines if line)}
     assert headers["ntq-task-id"] == task_id
     assert headers["x-trace"] == "trace-1"
+    assert headers["webhook-id"] == first["webhook-id"], "the retry is another message"
+    assert headers["webhook-id"] != task_id
     eventually(lambda: attempts(api, task_id), 5, "the notice was not recorded")
     history = attempts(api, task_id)
     assert [(a["method"], a["outcome"], a["status_code"]) for a in history] == [
         ("DELETE", "cancel_notice", 200)], history
+
+
+def test_a_hook_that_has_not_started_gets_no_notice_unless_asked(
+        api: Api, hook: HookServer) -> None:
+    """``cancel_notice``: ``started`` (the default) sends the DELETE only once an attempt
+    has begun; ``always`` sends it anyway; ``never`` does not, even mid-attempt. Both
+    enqueue forms take it, and the task shows it."""
+    default = enqueue(api, hook.script("/default"), delay=60)
+    always = api.post("/tasks", json={"url": hook.script("/always"), "delay": 60,
+                                      "cancel_notice": "always"}).json()["id"]
+    never = enqueue(api, hook.script("/never", {"sleep": 3}, {"status": 200}),
+                    cancel_notice="never")
+    hook.wait_for(1, "/never", method="POST")
+    assert [api.task(t)["cancel_notice"] for t in (default, always, never)] == [
+        "started", "always", "never"]
+
+    for task_id in (default, always, never):
+        assert api.delete(f"/tasks/{task_id}").status_code == 204
+    hook.wait_for(1, "/always", method="DELETE", timeout=10)
+    eventually(lambda: "/never" in hook.dropped, 5, "the running attempt was not interrupted")
+    time.sleep(1.5)  # well past the moment a notice would have gone
+    assert hook.requests(method="DELETE") == hook.requests("/always"), "an unasked notice"
+    assert [a["outcome"] for a in attempts(api, default)] == []
+    assert [a["outcome"] for a in attempts(api, never)] == ["interrupted"]
+    assert {api.task(t)["status"] for t in (default, always, never)} == {"CANCELLED"}

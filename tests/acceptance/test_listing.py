@@ -13,7 +13,7 @@ from ntq.apps import Credentials
 from tests.conftest import app_api, module_stack
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Stack
-from tests.support.tasks import TERMINAL, count_tasks, enqueue, new_app
+from tests.support.tasks import TERMINAL, count_tasks, enqueue, new_app, wait_until
 
 stack = module_stack()  # one web and one worker for the module
 api = app_api  # each test has applications of its own
@@ -99,12 +99,15 @@ def test_cursor_pagination_stays_correct_while_tasks_are_added(
 def test_delete_all_removes_only_the_callers_tasks_and_interrupts_attempts(
         app: tuple[Api, Credentials], stack: Stack, engine: Engine,
         hook: HookServer) -> None:
+    """The tasks go at once; the hooks owed a cancel notice (an attempt had begun, or the
+    task asked for one always) still get it, and only they."""
     api, creds = app
     other, other_creds = new_app(stack, engine, "other")
     try:
         running = enqueue(api, hook.script("/running", {"sleep": 5}, {"status": 200}))
         for _ in range(3):
             enqueue(api, hook.script("/mine"), delay=60)
+        always = enqueue(api, hook.script("/always"), delay=60, cancel_notice="always")
         theirs = [enqueue(other, hook.script("/theirs"), delay=60) for _ in range(2)]
         hook.wait_for(1, "/running")
         assert api.task(running)["status"] == "PENDING"
@@ -115,16 +118,24 @@ def test_delete_all_removes_only_the_callers_tasks_and_interrupts_attempts(
 
         assert listing(api)["tasks"] == []
         assert api.get(f"/tasks/{running}").status_code == 404
-        assert count_tasks(engine, creds.app_id) == 0
+        assert api.get(f"/tasks/{always}").status_code == 404
+        assert sum(api.get("/stats").json()["counts"].values()) == 0
+        assert count_tasks(engine, creds.app_id, "PENDING") == 0
         assert count_tasks(engine, other_creds.app_id) == 2
         assert sorted(ids(listing(other))) == sorted(theirs)
 
         while "/running" not in hook.dropped:
             assert time.monotonic() - deleted_at < 3, "the in-flight attempt ran on"
             time.sleep(0.02)
-        time.sleep(0.5)
+        for path, task_id in (("/running", running), ("/always", always)):
+            (notice,) = hook.wait_for(1, path, method="DELETE", timeout=10)
+            assert notice.headers["NTQ-Task-Id"] == task_id
+            assert notice.headers["webhook-id"] != task_id
+        assert wait_until(lambda: count_tasks(engine, creds.app_id) == 0, 5), \
+            "the deleted tasks stayed after their notices"
         assert len(hook.requests("/running", method="POST")) == 1
-        assert count_tasks(engine, creds.app_id) == 0, "the interrupted attempt left rows"
+        assert hook.requests("/mine") == [], "a hook that had not started got a notice"
+        assert listing(api)["tasks"] == []
         assert other.delete("/").status_code == 204
         assert count_tasks(engine, other_creds.app_id) == 0
     finally:
@@ -149,7 +160,7 @@ def test_retry_replays_failed_and_cancelled_tasks_keeping_history(
                                                                   (200, "complete")]
     assert len(hook.requests("/f", method="POST")) == 2
 
-    cancelled = enqueue(api, hook.script("/c"), delay=60)
+    cancelled = enqueue(api, hook.script("/c"), delay=60, cancel_notice="always")
     assert api.delete(f"/tasks/{cancelled}").status_code == 204
     hook.wait_for(1, "/c", method="DELETE", timeout=10)
     deadline = time.monotonic() + 5

@@ -57,9 +57,10 @@ def test_a_full_run_logs_no_body_header_value_key_or_secret(
     # Transient trouble: retried with backoff (worker and requeue both involved).
     flaky = hook.script("/flaky", {"status": 503, "body": response_body}, {"status": 200})
     retried = enqueue(api, flaky, body.encode(), headers=passthrough, max_retries=3)
-    # Cancelled before it runs: the hook gets the DELETE notice with the headers.
+    # Cancelled before it runs: the hook gets the DELETE notice (asked for) with the headers.
     cancelled = enqueue(api, hook.script("/cancel"), body.encode(), headers=passthrough,
-                        delay=3600, callback=hook.script("/cancel-callback"))
+                        delay=3600, callback=hook.script("/cancel-callback"),
+                        cancel_notice="always")
     assert api.delete(f"/tasks/{cancelled}").status_code == 204
     # The structured form with a JSON body and headers; and one with the second key.
     structured = api.post("/tasks", json={"url": hook.script("/structured"),

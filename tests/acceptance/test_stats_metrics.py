@@ -41,7 +41,7 @@ def test_stats_and_metrics_match_what_happened(
     bad = enqueue(api, hook.script("/bad", {"status": 404}))
     flaky = enqueue(api, hook.script("/flaky", {"status": 500}, {"status": 200}))
     waiting = enqueue(api, hook.script("/waiting"), delay=60)
-    cancelled = enqueue(api, hook.script("/cancelled"), delay=60)
+    cancelled = enqueue(api, hook.script("/cancelled"), delay=60, cancel_notice="always")
     assert api.delete(f"/tasks/{cancelled}").status_code == 204
     enqueue(other, hook.script("/other"), delay=60)
     time.sleep(0.2)

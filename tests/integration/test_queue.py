@@ -346,3 +346,65 @@ def test_concurrent_duplicates_of_an_idempotency_key_make_one_task(
     assert len(outcomes) == 6
     assert len({task_id for task_id, _ in outcomes}) == 1
     assert sum(created for _, created in outcomes) == 1
+
+
+def test_an_attempt_from_before_a_replay_cannot_finish_the_replayed_task(
+        engine: Engine, creds: Credentials) -> None:
+    """Cancel and replay reset the attempt counter; the attempt's identity is never reused."""
+    task = put(engine, creds)
+    (before,) = take(engine, task.id)
+    with engine.begin() as conn:
+        assert queue.cancel(conn, task.id, creds.app_id) is not None
+        assert queue.replay(conn, task.id, creds.app_id) is not None
+    (replayed,) = take(engine, task.id)
+    assert replayed.retry_count == before.retry_count == 1
+    assert replayed.attempt_id != before.attempt_id
+    finish(engine, replayed, Verdict("retry", error="HTTP 503", delay=60), result(503))
+    with engine.begin() as conn:
+        done = queue.finish(conn, before, result(200), Verdict("complete"))
+    assert done.status is None
+    stored = row(engine, task.id)
+    assert (stored.status, stored.last_status_code) == ("PENDING", 503)
+
+
+def owed(engine: Engine, task_id: uuid.UUID) -> tuple[bool, bool]:
+    """(``notice_owed``, 0001's ``cancel_notice``) of the task."""
+    with engine.begin() as conn:
+        found = conn.execute(text("SELECT notice_owed, cancel_notice FROM tasks WHERE id = :id"),
+                             {"id": task_id}).one()
+    return found.notice_owed, found.cancel_notice
+
+
+def test_the_previous_versions_writes_still_work_after_migration_0002(
+        engine: Engine, creds: Credentials) -> None:
+    """Expand only: the previous version's insert, cancel and notice statements (on 0001's
+    ``cancel_notice``) run beside this version's, and a notice is owed in both columns
+    alike, whichever version cancelled or sent it: sent once, by either."""
+    old_id = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO tasks (id, app_id, status, url, method, headers, body, timeout, "
+            "retry_count, max_retries, backoff, cancel_notice) VALUES (:id, :app, 'PENDING', "
+            ":url, 'POST', '{}', '', 60, 0, 3, 'linear', false)"),
+            {"id": old_id, "app": creds.app_id, "url": HOOK})
+        conn.execute(text("UPDATE tasks SET status = 'CANCELLED', cancel_notice = true, "
+                          "due = now() WHERE id = :id"), {"id": old_id})
+        view = queue.get(conn, old_id, creds.app_id)
+    assert view is not None
+    assert view.cancel_notice == "started"
+    assert owed(engine, old_id) == (True, True)
+    (notice,) = take(engine, old_id)
+    assert notice.is_cancel_notice
+    assert notice.attempt_id is not None
+    with engine.begin() as conn:
+        queue.finish_notice(conn, notice, result())
+    assert owed(engine, old_id) == (False, False)
+
+    new = put(engine, creds, cancel_notice="always")
+    with engine.begin() as conn:
+        assert queue.cancel(conn, new.id, creds.app_id) is not None
+    assert owed(engine, new.id) == (True, True)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET cancel_notice = false WHERE id = :id "
+                          "AND cancel_notice"), {"id": new.id})
+    assert owed(engine, new.id) == (False, False)

@@ -17,7 +17,8 @@ SETTINGS = load_settings({}, min_due_delay=2.0, max_due_delay=100.0)
 
 def task(attempt: int = 1, max_retries: int = 36, backoff: str = "exponential") -> Acquired:
     """A delivery attempt held by a worker (``attempt`` is its 1-based number)."""
-    values = {"id": uuid.uuid4(), "app_id": None, "url": "https://example.com/hook",
+    values = {"id": uuid.uuid4(), "attempt_id": uuid.uuid4(), "app_id": None,
+              "url": "https://example.com/hook",
               "method": "POST", "headers": {}, "body": b"", "content_type": None,
               "timeout": 60, "retry_count": attempt, "max_retries": max_retries,
               "backoff": backoff, "callback": None, "status": "PENDING", "secret": "s"}

@@ -24,14 +24,15 @@ MAX_WAIT = 60
 @view_config(route_name="task", request_method="DELETE")
 def cancel_task(request: Request) -> Response:
     """Cancel a PENDING task: 204; running attempts are interrupted, the hook is sent a
-    DELETE. A finished task cannot be cancelled: 409."""
+    DELETE if its ``cancel_notice`` asks for one. A finished task cannot be cancelled: 409."""
     task = owned_task(request)
     cancelled = queue.cancel(request.db, task.id, request.caller.app_id)
     if cancelled is None:
         raise ApiError(409, "not_pending", f"the task is already {task.status}")
+    _, notice = cancelled
     callback_id = queue.add_callback(request.db, task.id) if task.callback else None
     notifier = request.registry.ntq_notifier
-    after_commit(request, lambda: notifier.cancelled(task.id, callback_id))
+    after_commit(request, lambda: notifier.cancelled(task.id, callback_id, notice))
     return Response(status=204)
 
 
@@ -51,11 +52,12 @@ def retry_task(request: Request) -> Response:
 
 @view_config(route_name="root", request_method="DELETE")
 def delete_all(request: Request) -> Response:
-    """Delete every task of the calling application; interrupt their running attempts."""
+    """Delete every task of the calling application; interrupt their running attempts and
+    send the DELETE notices owed (as a cancel would)."""
     app_id = request.caller.app_id
-    queue.delete_all(request.db, app_id)
+    notices = queue.delete_all(request.db, app_id)
     notifier = request.registry.ntq_notifier
-    after_commit(request, lambda: notifier.interrupt_app(app_id))
+    after_commit(request, lambda: notifier.deleted_all(app_id, notices))
     return Response(status=204)
 
 

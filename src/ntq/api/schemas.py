@@ -20,7 +20,7 @@ import orjson
 
 from ntq.api.errors import ApiError
 from ntq.config import Settings
-from ntq.models import BACKOFFS, METHODS, STATUSES
+from ntq.models import BACKOFFS, METHODS, NOTICE_POLICIES, STATUSES
 from ntq.reads import TaskFilter
 from ntq.records import NewTask
 from ntq.urlsafety import UnsafeURL, check_url
@@ -29,7 +29,11 @@ MAX_DELAY = 366 * 86400
 MAX_HEADERS = 50
 MAX_HEADER_BYTES = 16384
 MAX_IDEMPOTENCY_KEY = 255
-TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110's field-value: visible characters and obs-text (the rest of Latin-1, which is
+# all http.client can send), with spaces and tabs only inside.
+_VISIBLE = r"[\x21-\x7e\x80-\xff]"
+FIELD_VALUE = re.compile(rf"(?:{_VISIBLE}(?:[\t\x20-\x7e\x80-\xff]*{_VISIBLE})?)?")
 # Headers ntq sets itself or that would corrupt the request framing.
 RESERVED_HEADERS = frozenset({
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
@@ -43,6 +47,7 @@ NTORQUE_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 JSON_FIELDS = frozenset({
     "url", "method", "headers", "body", "json", "body_base64", "content_type", "timeout",
     "delay", "not_before", "max_retries", "backoff", "callback", "idempotency_key",
+    "cancel_notice",
 })
 
 # ``POST /``'s query parameters; any other is refused, like an unknown JSON field.
@@ -141,20 +146,31 @@ def _text(name: str, value: Any, limit: int) -> str:
     return value
 
 
-def headers_to_send(raw: Any) -> dict[str, str]:
-    """Validate headers to pass to the hook: names are tokens, values single-line."""
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as an HTTP header value, or None if it can."""
+    if FIELD_VALUE.fullmatch(value):
+        return None
+    if not all(ord(ch) < 256 for ch in value):
+        return "must be Latin-1 text (encode other characters, e.g. as in RFC 8187)"
+    return "must not contain control characters or line breaks, nor start or end with a space"
+
+
+def headers_to_send(raw: Any, what: str = "header") -> dict[str, str]:
+    """Validate headers to pass to the hook: names are tokens, values are what HTTP can
+    carry (a value that cannot be sent would fail every attempt)."""
     if not isinstance(raw, Mapping):
         raise bad("invalid_headers", "headers must be an object of strings")
     if len(raw) > MAX_HEADERS:
         raise bad("invalid_headers", f"at most {MAX_HEADERS} headers")
     total = 0
     for name, value in raw.items():
-        if not isinstance(name, str) or not TOKEN.match(name) or not isinstance(value, str):
-            raise bad("invalid_headers", f"header {name!r} is not a valid header name")
-        if any(ch in value for ch in "\r\n\0"):
-            raise bad("invalid_headers", f"header {name!r} contains a line break")
+        if not isinstance(name, str) or not TOKEN.fullmatch(name) or not isinstance(value, str):
+            raise bad("invalid_headers", f"{what} {name!r} is not a valid header name")
+        problem = header_value_problem(value)
+        if problem is not None:
+            raise bad("invalid_headers", f"{what} {name!r}: the value {problem}")
         if name.lower() in RESERVED_HEADERS or name.lower().startswith("ntq-"):
-            raise bad("invalid_headers", f"header {name!r} is set by ntq and cannot be passed")
+            raise bad("invalid_headers", f"{what} {name!r} is set by ntq and cannot be passed")
         total += len(name) + len(value)
     if total > MAX_HEADER_BYTES:
         raise bad("invalid_headers", f"headers must total at most {MAX_HEADER_BYTES} bytes")
@@ -169,7 +185,7 @@ def passthrough(headers: Mapping[str, str]) -> dict[str, str]:
         for prefix in PASSTHROUGH_PREFIXES:
             if lowered.startswith(prefix) and len(name) > len(prefix):
                 out[name[len(prefix):]] = value
-    return headers_to_send(out)
+    return headers_to_send(out, "pass-through header")
 
 
 def _schedule(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,6 +215,9 @@ def common(params: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         out["backoff"] = _choice("backoff", params["backoff"], BACKOFFS)
     if params.get("callback") is not None:
         out["callback"] = _url("callback", params["callback"])
+    if params.get("cancel_notice") is not None:
+        out["cancel_notice"] = _choice("cancel_notice", params["cancel_notice"],
+                                       NOTICE_POLICIES)
     return out
 
 
@@ -208,7 +227,7 @@ def from_query(params: Mapping[str, str], headers: Mapping[str, str], body: byte
     default_type = NTORQUE_CONTENT_TYPE if settings.ntorque_compat else None
     check_query_names(params.keys())
     return NewTask(**common(params, settings), headers=passthrough(headers), body=body,
-                   content_type=content_type or default_type,
+                   content_type=_sendable_content_type(content_type or default_type),
                    idempotency_key=idempotency_key(headers))
 
 
@@ -226,6 +245,14 @@ def check_query_names(names: Iterable[str]) -> None:
     if repeated:
         raise bad("repeated_parameter",
                   f"query parameter(s) given more than once: {', '.join(repeated)}{hint}")
+
+
+def _sendable_content_type(value: str | None) -> str | None:
+    """``value``, which becomes the delivery's ``Content-Type`` header, if HTTP can carry it."""
+    problem = None if value is None else header_value_problem(value)
+    if problem is not None:
+        raise bad("invalid_content_type", f"content_type {problem}")
+    return value
 
 
 def idempotency_key(headers: Mapping[str, str]) -> str | None:
@@ -266,7 +293,7 @@ def from_json(item: Any, settings: Settings) -> NewTask:
                        f"body must be at most {settings.max_body_bytes} bytes")
     content_type = item.get("content_type", default_type)
     if content_type is not None:
-        content_type = _text("content_type", content_type, 255)
+        content_type = _sendable_content_type(_text("content_type", content_type, 255))
     key = item.get("idempotency_key")
     return NewTask(
         **common(item, settings), headers=headers_to_send(item.get("headers") or {}),
