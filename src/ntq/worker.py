@@ -104,6 +104,10 @@ class Worker:
                 log.warning("worker.dispatch_failed", error=str(exc).splitlines()[0])
                 gevent.sleep(1)
                 continue
+            except Exception:  # the loop every delivery relies on must outlive any one batch
+                log.exception("worker.dispatch_failed")
+                gevent.sleep(1)
+                continue
             for task in tasks:
                 self._start(task)
 
@@ -174,6 +178,8 @@ class Worker:
                 batch.append(self.outcomes.get_nowait())
             try:
                 self._record(batch)
+            except Exception:  # unrecorded, the leases expire and the tasks are retried
+                log.exception("worker.record_failed", count=len(batch))
             finally:
                 for _ in batch:
                     self.outcomes.task_done()
