@@ -116,11 +116,21 @@ def _stop_flag() -> list[int]:
     flag: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            _leave_terminal()
         flag.append(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
     return flag
+
+
+def _leave_terminal() -> None:
+    """The terminal is gone: what is left to say goes to /dev/null instead of failing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (sys.stdout.fileno(), sys.stderr.fileno()):
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _start(child: Child, env: dict[str, str]) -> None:

@@ -6,8 +6,10 @@ or SIGKILL; a taken port refused at once by ``ntq serve`` and ``ntq web``."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import pty
 import re
 import select
 import shutil
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,26 +34,45 @@ from tests.support.procs import Stack, free_port
 class Serve:
     """One ``ntq serve`` process and everything it printed."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "ntq", "serve"], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+    def __init__(self, env: dict[str, str], terminal: bool = False) -> None:
+        """With ``terminal``, ``ntq serve`` runs in a terminal of its own (a pseudo-terminal
+        whose session it leads), as from a shell in a terminal window."""
+        argv = [sys.executable, "-m", "ntq", "serve"]
+        self.terminal: int | None = None
+        if terminal:
+            self.terminal, tty = pty.openpty()
+            self.proc = subprocess.Popen(argv, env=env, stdin=tty, stdout=tty, stderr=tty,
+                                         start_new_session=True, preexec_fn=_take_terminal)
+            os.close(tty)
+            self.output = self.terminal
+        else:
+            self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+            assert self.proc.stdout is not None
+            self.output = self.proc.stdout.fileno()
         self.text = ""
 
     def read_until(self, pattern: str, timeout: float = 90) -> re.Match[str]:
-        assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = re.search(pattern, self.text)
             if found:
                 return found
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            ready, _, _ = select.select([self.output], [], [], 0.2)
             if ready:
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                try:
+                    chunk = os.read(self.output, 65536)
+                except OSError:  # a terminal whose every user has gone
+                    break
                 if not chunk:
                     break
                 self.text += chunk.decode(errors="replace")
         raise AssertionError(f"{pattern!r} not printed:\n{self.text}")
+
+    def close_terminal(self) -> None:
+        """Close the terminal window: the kernel hangs up ``ntq serve``'s session."""
+        assert self.terminal is not None
+        os.close(self.terminal)
 
     def kill(self) -> None:
         """SIGKILL whatever is left of ``ntq serve`` (not its children in other groups)."""
@@ -66,6 +88,10 @@ class Serve:
         finally:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def _take_terminal() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 @pytest.fixture
@@ -201,17 +227,20 @@ def deliver(port: int, key: str, hook: HookServer, path: str) -> None:
 
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL],
-                         ids=["sighup", "sigterm", "sigkill"])
+                         ids=["terminal_closed", "sigterm", "sigkill"])
 def test_serve_ended_by_a_signal_leaves_nothing_running_and_starts_again_cleanly(
         sig: signal.Signals, data_dir: Path, hook: HookServer) -> None:
     port = free_port()
-    first = Serve(embedded_env(data_dir, port))
+    first = Serve(embedded_env(data_dir, port), terminal=sig == signal.SIGHUP)
     procs: set[psutil.Process] = set()
     try:
         key = first.read_until(r"API key \(shown only once\): (ntq_\S+)").group(1)
         first.read_until("serving on")
         procs = whole_tree(first, data_dir)
-        os.kill(first.proc.pid, sig)
+        if sig == signal.SIGHUP:
+            first.close_terminal()  # the kernel's SIGHUP, and a terminal that takes no output
+        else:
+            os.kill(first.proc.pid, sig)
         assert not still_running(procs, timeout=60), first.text
         assert fast_shutdowns(data_dir) == 1  # PostgreSQL stopped, not killed
     finally:
