@@ -25,8 +25,6 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 START_TIMEOUT = 180.0  # initdb on a slow disk, then the server's own start
 
-_held: list[int] = []
-
 
 class StartError(RuntimeError):
     """A kept server could not be started."""
@@ -51,6 +49,9 @@ class Files:
         return self.root / f"{self.name}.{suffix}"
 
 
+_held: list[tuple[int, Files]] = []
+
+
 def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
     """A ``preexec_fn`` after which the child gets ``sig`` when this process dies, however
     it dies (Linux's parent-death signal; elsewhere only a parent already gone is seen)."""
@@ -69,7 +70,19 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
 def held_fds() -> tuple[int, ...]:
     """The descriptors that keep this process's servers running: a child given them (as
     ``pass_fds``) keeps the servers up until it exits too."""
-    return tuple(_held)
+    return tuple(fd for fd, _ in _held)
+
+
+def release(timeout: float = 60) -> None:
+    """Stop holding this process's servers, then wait (at most ``timeout`` seconds) for
+    their keepers to exit, as they do when no other process uses them: their data may then
+    be removed."""
+    deadline = time.monotonic() + timeout
+    while _held:
+        fd, files = _held.pop()
+        os.close(fd)
+        while not _free(files.path("lock")) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def attach(name: str, root: Path, keeper: list[str]) -> str:
@@ -84,7 +97,7 @@ def attach(name: str, root: Path, keeper: list[str]) -> str:
     except BaseException:
         os.close(users)
         raise
-    _held.append(users)
+    _held.append((users, files))
     return url
 
 
