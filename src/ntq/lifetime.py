@@ -166,11 +166,16 @@ def _published(path: Path) -> str | None:
 
 def keep(name: str, root: Path, start: Callable[[], Running]) -> int:
     """The keeper: start the server, publish its URL, and stop it once no process uses it
-    (or on SIGTERM, SIGINT or SIGHUP). Returns at once if another keeper already runs."""
+    (or on SIGTERM, SIGINT or SIGHUP). Returns 0 at once if another keeper runs."""
     files = Files(root, name)
     lock = os.open(files.path("lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    if not _lockable(lock, fcntl.LOCK_EX):
-        return 0
+    # A user checking whether a keeper runs holds the lock for an instant: try for a while.
+    for _ in range(20):
+        if _lockable(lock, fcntl.LOCK_EX):
+            break
+        time.sleep(0.05)
+    else:
+        return 0  # another keeper runs
     files.path("url").unlink(missing_ok=True)
     stop = _stop_signals()
     running = start()

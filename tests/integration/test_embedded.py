@@ -1,0 +1,63 @@
+"""The embedded servers' keepers: processes starting at once share one server, which stops
+when the last of them is gone, however it ended."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import redis
+
+ATTACH = """
+import sys, time
+from pathlib import Path
+from ntq.embedded import redis_url
+print(redis_url(Path(sys.argv[1])), flush=True)
+time.sleep(600)
+"""
+
+
+def keepers(data_dir: Path) -> list[psutil.Process]:
+    """The running keeper processes of ``data_dir``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if ("ntq.embedded" in cmdline and str(data_dir.resolve()) in cmdline
+                and proc.info["status"] != psutil.STATUS_ZOMBIE):
+            found.append(proc)
+    return found
+
+
+def test_processes_starting_together_share_one_redis_that_stops_after_the_last(
+        tmp_path: Path) -> None:
+    users = [subprocess.Popen([sys.executable, "-c", ATTACH, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        urls = {user.stdout.readline().strip() for user in users if user.stdout}
+        assert len(urls) == 1, urls
+        (url,) = urls
+        server = psutil.Process(int(redis.Redis.from_url(url).info("server")["process_id"]))
+        keeper = server.parent()
+        assert keeper is not None
+        assert keeper in keepers(tmp_path)
+        for user in users[:-1]:
+            os.kill(user.pid, signal.SIGKILL)
+            user.wait()
+        time.sleep(1)
+        assert server.is_running()  # one user is left
+        assert redis.Redis.from_url(url).ping()
+        os.kill(users[-1].pid, signal.SIGKILL)
+        users[-1].wait()
+        psutil.wait_procs([keeper, server], timeout=20)
+        assert not keeper.is_running()
+        assert not server.is_running()
+        assert not keepers(tmp_path)
+    finally:
+        for user in users:
+            user.kill()
+            user.wait()
