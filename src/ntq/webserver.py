@@ -57,7 +57,7 @@ util.write_error = write_json_error
 
 
 class PropagatingLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn is untyped
-    """gunicorn's own messages (a port in use, a worker that died) through the handler
+    """gunicorn's own messages (a worker that died, say) through the handler
     :func:`ntq.logs.configure` set up, so they follow ``NTQ_LOG_FORMAT`` like ntq's."""
 
     def setup(self, cfg: Any) -> None:
