@@ -112,8 +112,16 @@ def _servers(settings: Settings) -> Settings:
     if settings.database_url and settings.redis_url:
         return settings
     data_dir = Path(tempfile.mkdtemp(prefix="ntq-bench-data-"))
-    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)  # runs after the servers'
+    atexit.register(_remove, data_dir)
     return resolve(replace(settings, data_dir=data_dir))
+
+
+def _remove(data_dir: Path) -> None:
+    """Remove the embedded servers' data once they have stopped."""
+    from ntq.lifetime import release
+
+    release()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _describe(original: Settings, names: list[str], web_workers: int) -> dict[str, Any]:

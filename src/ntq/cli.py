@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ntq import __version__
 from ntq.config import ConfigError, Settings, load_settings
+from ntq.lifetime import StartError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -20,12 +22,26 @@ def _env_default(name: str, default: Any = None) -> Any:
 
 
 def _settings(**overrides: Any) -> Settings:
+    return _resolved(load_settings(**overrides))
+
+
+def _resolved(settings: Settings) -> Settings:
+    """``settings`` with the embedded servers started where no URL is given; logs set up."""
     from ntq import logs
     from ntq.embedded import resolve
 
-    settings = resolve(load_settings(**overrides))
+    settings = resolve(settings)
     logs.configure(settings.log_format)
     return settings
+
+
+def _listener(args: argparse.Namespace, settings: Settings) -> socket.socket:
+    """The web's socket: inherited (``--fd``), or bound now, before anything is started."""
+    from ntq.webserver import listen
+
+    if args.fd is not None:
+        return socket.socket(fileno=args.fd)
+    return listen(args.host, settings.port)
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -34,8 +50,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     patch()  # before redis, requests or ssl are imported; gunicorn's own patch is then a no-op
     from ntq.webserver import serve_web
 
-    settings = _settings(port=args.port)
-    serve_web(settings, args.host, args.workers)
+    settings = load_settings(port=args.port)
+    listener = _listener(args, settings)
+    serve_web(_resolved(settings), listener, args.workers)
     return 0
 
 
@@ -67,8 +84,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ntq.serve import serve
+    from ntq.webserver import listen
 
-    return serve(_settings(port=args.port), args.host)
+    settings = load_settings(port=args.port)
+    listener = listen(args.host, settings.port)
+    return serve(_resolved(settings), args.host, listener)
 
 
 def cmd_apps(args: argparse.Namespace) -> int:
@@ -99,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     _web_options(web)
     web.add_argument("--workers", type=int, default=int(_env_default("WEB_CONCURRENCY", 2)),
                      help="web processes (env WEB_CONCURRENCY, default 2)")
+    web.add_argument("--fd", type=int, default=None,
+                     help="serve on this inherited, already listening socket instead of "
+                          "binding --host/--port (ntq serve passes its own)")
     web.set_defaults(handler=cmd_web)
 
     worker = sub.add_parser("worker", help="deliver tasks")
@@ -162,5 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"ntq: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except StartError as exc:
+        print(f"ntq: {exc}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

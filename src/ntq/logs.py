@@ -7,11 +7,29 @@ passed to the logger.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from typing import IO, Any, BinaryIO, TextIO, cast
 
 import orjson
 import structlog
+
+
+class Lossy:
+    """``stream``, except that what it cannot take is dropped: a closed terminal or a reader
+    gone must not stop a process that logs (it may be in the middle of shutting down)."""
+
+    def __init__(self, stream: IO[Any]) -> None:
+        self.stream = stream
+
+    def write(self, data: Any) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.write(data)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.flush()
 
 
 def configure(log_format: str = "json", level: int = logging.INFO) -> None:
@@ -27,8 +45,9 @@ def configure(log_format: str = "json", level: int = logging.INFO) -> None:
         processors=[*shared, structlog.processors.format_exc_info,
                     structlog.processors.JSONRenderer(serializer=orjson.dumps) if json
                     else structlog.dev.ConsoleRenderer(colors=False)],
-        logger_factory=(structlog.BytesLoggerFactory(sys.stderr.buffer) if json
-                        else structlog.WriteLoggerFactory(sys.stderr)),
+        # Lossy streams quack like the files structlog's factories are typed for.
+        logger_factory=(structlog.BytesLoggerFactory(cast(BinaryIO, Lossy(sys.stderr.buffer)))
+                        if json else structlog.WriteLoggerFactory(cast(TextIO, Lossy(sys.stderr)))),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )

@@ -2,11 +2,14 @@
 
 Resolves the servers (embedded ones when no URLs are given), migrates, creates a first
 application on first start, then runs ``web``, ``worker`` and ``requeue`` as child
-processes, restarting any that dies. Ctrl-C (or SIGTERM) stops them all cleanly.
+processes, restarting any that dies once the service is up. Ctrl-C, SIGTERM or SIGHUP (a
+closed terminal) stops them all cleanly; if ``ntq serve`` itself is killed, its children get
+SIGTERM from the kernel, and the embedded servers stop once they have all exited.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -18,67 +21,116 @@ from dataclasses import dataclass, field
 from ntq import apps
 from ntq.config import Settings
 from ntq.db import make_engine
+from ntq.lifetime import die_with_parent, held_fds
 from ntq.migrate import upgrade
 from ntq.urlsafety import AddressPolicy
 
 STOP_TIMEOUT = 40.0
+START_TIMEOUT = 60.0
 
 
 @dataclass
 class Child:
     name: str
     argv: list[str]
+    fds: tuple[int, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
+    @property
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
 
-def serve(settings: Settings, host: str) -> int:
+
+def serve(settings: Settings, host: str, listener: socket.socket) -> int:
+    """Run the service on ``listener`` until stopped; 0 after a clean stop."""
     assert settings.database_url
     assert settings.redis_url
     upgrade(settings.database_url)
     _first_app(settings.database_url)
     env = {**os.environ, "DATABASE_URL": settings.database_url,
            "REDIS_URL": settings.redis_url, "PORT": str(settings.port)}
-    children = [Child(name, [sys.executable, "-m", "ntq", *argv]) for name, argv in (
-        ("web", ["web", "--host", host]), ("worker", ["worker"]), ("requeue", ["requeue"]))]
+    children = _children(host, listener)
     stop = _stop_flag()
     for child in children:
         _start(child, env)
-    _wait_until_listening(host, settings.port, stop)
+    if not _wait_until_answering(listener, children, stop):
+        _stop_all(children)
+        return 0 if stop else 1
     print(f"ntq is serving on http://{host}:{settings.port}/ "
           f"({AddressPolicy.from_settings(settings).describe()}). Ctrl-C stops.", flush=True)
     while not stop:
         time.sleep(0.5)
         for child in children:
-            if child.proc is not None and child.proc.poll() is not None and not stop:
+            if child.exited and not stop:
+                assert child.proc is not None
                 print(f"ntq: {child.name} exited ({child.proc.returncode}); restarting",
                       file=sys.stderr, flush=True)
                 _start(child, env)
     return _stop_all(children)
 
 
-def _wait_until_listening(host: str, port: int, stop: list[int]) -> None:
-    """Return once the web answers (so the printed URL works), or after 60 s."""
-    address = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
-    deadline = time.monotonic() + 60
-    while not stop and time.monotonic() < deadline:
-        try:
-            with socket.create_connection((address, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
+def _children(host: str, listener: socket.socket) -> list[Child]:
+    """web, worker and requeue; each holds the embedded servers' locks (they stay up until
+    the last child has exited), the web also the listening socket (kept across restarts)."""
+    held = held_fds()
+    web = ["web", "--host", host, "--fd", str(listener.fileno())]
+    return [Child(name, [sys.executable, "-m", "ntq", *argv], fds) for name, argv, fds in (
+        ("web", web, (listener.fileno(), *held)), ("worker", ["worker"], held),
+        ("requeue", ["requeue"], held))]
+
+
+def _wait_until_answering(listener: socket.socket, children: list[Child],
+                          stop: list[int]) -> bool:
+    """Whether the web answered HTTP on ``listener`` (this process holds the socket, so
+    only its own web can), before a child exited, a stop signal or the timeout."""
+    host, port = listener.getsockname()[:2]
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    deadline = time.monotonic() + START_TIMEOUT
+    while not stop:
+        if _answers(address, port):
+            return True
+        failed = [child for child in children if child.exited]
+        if failed or time.monotonic() > deadline:
+            what = (f"{failed[0].name} exited before the web answered" if failed
+                    else f"the web did not answer within {START_TIMEOUT:.0f} s")
+            print(f"ntq: {what}; stopping", file=sys.stderr, flush=True)
+            return False
+        time.sleep(0.1)
+    return False
+
+
+def _answers(address: str, port: int) -> bool:
+    conn = http.client.HTTPConnection(address, port, timeout=2)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 def _stop_flag() -> list[int]:
-    """A list that becomes truthy on SIGINT or SIGTERM."""
+    """A list that becomes truthy on SIGINT, SIGTERM or SIGHUP."""
     flag: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            _leave_terminal()
         flag.append(signum)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
     return flag
+
+
+def _leave_terminal() -> None:
+    """The terminal is gone: what is left to say goes to /dev/null instead of failing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (sys.stdout.fileno(), sys.stderr.fileno()):
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _start(child: Child, env: dict[str, str]) -> None:
@@ -87,8 +139,10 @@ def _start(child: Child, env: dict[str, str]) -> None:
     if len(child.restarts) >= 5:
         time.sleep(5)
     child.restarts.append(time.monotonic())
-    # Own process group: Ctrl-C reaches only ntq serve, which then stops the children.
-    child.proc = subprocess.Popen(child.argv, env=env, process_group=0)
+    # Own process group: Ctrl-C and a terminal's hangup reach only ntq serve, which then
+    # stops the children; the kernel's SIGTERM reaches them if ntq serve is killed.
+    child.proc = subprocess.Popen(child.argv, env=env, process_group=0, pass_fds=child.fds,
+                                  preexec_fn=die_with_parent())
 
 
 def _stop_all(children: list[Child]) -> int:
@@ -103,7 +157,7 @@ def _stop_all(children: list[Child]) -> int:
         try:
             child.proc.wait(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            child.proc.kill()
+            os.killpg(child.proc.pid, signal.SIGKILL)  # the web's workers too
             child.proc.wait()
     return 0
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import resource
+import socket
 from typing import Any
 
 import orjson
@@ -10,9 +12,36 @@ import structlog
 from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
 
-from ntq.config import Settings
+from ntq.config import ConfigError, Settings
 
 log = structlog.get_logger(__name__)
+BACKLOG = 2048  # gunicorn's default
+
+
+class PortInUse(ConfigError):
+    """The port to listen on is taken."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; :class:`PortInUse` says how to pick another."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror}") from exc
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror}") from exc
+        raise PortInUse(f"port {port} on {host} is already in use (by another ntq, or "
+                        f"another program); pick another with --port N or PORT=N") from exc
+    sock.listen(BACKLOG)
+    return sock
+
 
 # Connections one worker holds at once. Every slow client holds one until its body
 # deadline (NTQ_BODY_TIMEOUT), so this is sized for thousands of them, not for the
@@ -38,7 +67,7 @@ util.write_error = write_json_error
 
 
 class PropagatingLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn is untyped
-    """gunicorn's own messages (a port in use, a worker that died) through the handler
+    """gunicorn's own messages (a worker that died, say) through the handler
     :func:`ntq.logs.configure` set up, so they follow ``NTQ_LOG_FORMAT`` like ntq's."""
 
     def setup(self, cfg: Any) -> None:
@@ -87,6 +116,12 @@ def connection_capacity(wanted: int = WORKER_CONNECTIONS) -> int:
     return capacity
 
 
+def _listening(arbiter: Any) -> None:
+    """Say where the web listens, once its sockets are ready."""
+    for listener in arbiter.LISTENERS:
+        log.info("web.listening", url=str(listener), workers=arbiter.num_workers)
+
+
 def options(settings: Settings, host: str, workers: int) -> dict[str, Any]:
     return {
         "bind": f"{host}:{settings.port}",
@@ -104,8 +139,13 @@ def options(settings: Settings, host: str, workers: int) -> dict[str, Any]:
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
         "proc_name": "ntq-web",
+        "when_ready": _listening,
     }
 
 
-def serve_web(settings: Settings, host: str, workers: int) -> None:
-    WebServer(settings, options(settings, host, workers)).run()
+def serve_web(settings: Settings, listener: socket.socket, workers: int) -> None:
+    """Run the web on ``listener`` (bound by the caller, so a taken port fails before
+    anything starts, and a supervisor may keep it across restarts)."""
+    # gunicorn takes the bound socket over instead of binding host:port itself.
+    config = {**options(settings, "", workers), "bind": f"fd://{listener.detach()}"}
+    WebServer(settings, config).run()
