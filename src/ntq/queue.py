@@ -200,7 +200,7 @@ def _acquire_statement() -> Prepared:
     )
     # Named for the schema it was written for: behind a pooler, a server connection may
     # hold the previous version's statement of the same name.
-    return Prepared.of("ntq_acquire_0002", stmt)
+    return Prepared.of("ntq_acquire_0004", stmt)
 
 
 _ACQUIRE = _acquire_statement()
@@ -275,7 +275,10 @@ def _with_callback(conn: Db, task: Acquired, done: Finished) -> Finished:
 
 # The batch travels as one JSON array (bodies in base64). The guarded UPDATE applies each
 # verdict (interrupted attempts change nothing) and the INSERT records every attempt, as
-# ``stale`` where the UPDATE found a newer state; tasks deleted meanwhile get no record.
+# ``stale`` where the UPDATE found a newer state; tasks deleted meanwhile get no record
+# (a task the UPDATE did not change is locked by the EXISTS, so one deleted concurrently
+# is seen as gone instead of failing the batch on the foreign key; a locking read skips
+# the rows this statement updated, hence the IN).
 # The guard compares ``retry_count`` too: the previous version's workers, while they run
 # beside this one, acquire without giving the attempt a new identity.
 _FINISH = Prepared.of("ntq_finish_0002", text(
@@ -306,7 +309,8 @@ _FINISH = Prepared.of("ntq_finish_0002", text(
                     WHEN g.outcome = 'interrupted' THEN 'interrupted'
                     ELSE 'stale' END
         FROM given AS g
-        WHERE EXISTS (SELECT 1 FROM tasks WHERE id = g.task_id)
+        WHERE g.task_id IN (SELECT id FROM applied)
+           OR EXISTS (SELECT 1 FROM tasks WHERE id = g.task_id FOR KEY SHARE)
     )
     SELECT id, attempt_id FROM applied
     """
@@ -448,6 +452,11 @@ def delete_all(db: Db, app_id: uuid.UUID | None) -> list[uuid.UUID]:
     """
     mine = tasks.c.app_id.is_not_distinct_from(app_id)
     pending = tasks.c.status == PENDING
+    # Lock the tasks first (in id order, as every bulk write here does), so that no worker
+    # starts an attempt between choosing which tasks owe a notice and deleting the rest.
+    db.execute(select(func.count()).select_from(
+        select(tasks.c.id).where(mine, VISIBLE).order_by(tasks.c.id).with_for_update()
+        .subquery()))
     kept = db.execute(
         update(tasks)
         .where(mine, VISIBLE, or_(and_(pending, _notice_owed()), tasks.c.notice_owed))

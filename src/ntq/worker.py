@@ -225,6 +225,9 @@ class Worker:
             except redis.RedisError as exc:
                 log.warning("worker.promote_failed", error=str(exc))
                 gevent.sleep(1)
+            except Exception:  # the retries and delays it wakes must not stop with it
+                log.exception("worker.promote_failed")
+                gevent.sleep(1)
             gevent.sleep(PROMOTE_INTERVAL)
 
     def _cancel_loop(self) -> None:
@@ -233,6 +236,9 @@ class Worker:
                 self._listen_for_cancels()
             except redis.RedisError as exc:
                 log.warning("worker.cancel_listener_failed", error=str(exc))
+                gevent.sleep(1)
+            except Exception:  # cancels must keep interrupting attempts after any one message
+                log.exception("worker.cancel_listener_failed")
                 gevent.sleep(1)
 
     def _listen_for_cancels(self) -> None:
@@ -260,7 +266,7 @@ class Worker:
     def _interrupt(self, data: Any) -> None:
         """Kill the attempt the message names: a task id, or ``app:<id>`` for all of an
         application's attempts (its tasks were deleted)."""
-        text = data.decode() if isinstance(data, bytes) else str(data)
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
         if text.startswith("app:"):
             victims = [tid for tid, (_, app) in self.running.items() if str(app) == text[4:]]
         else:

@@ -408,3 +408,31 @@ def test_the_previous_versions_writes_still_work_after_migration_0002(
         conn.execute(text("UPDATE tasks SET cancel_notice = false WHERE id = :id "
                           "AND cancel_notice"), {"id": new.id})
     assert owed(engine, new.id) == (False, False)
+
+
+def test_an_attempt_finishing_while_its_task_is_deleted_records_nothing_and_fails_nothing(
+        engine: Engine, creds: Credentials) -> None:
+    """The outcome waits for the concurrent ``DELETE /`` and then finds its task gone: the
+    batch succeeds without it (it does not fail on the attempts' foreign key)."""
+    task = put(engine, creds, cancel_notice="never")
+    (held,) = take(engine, task.id)
+    errors: list[BaseException] = []
+
+    def finish_meanwhile() -> None:
+        try:
+            finish(engine, held, Verdict("complete"))
+        except BaseException as exc:  # noqa: BLE001  (the test reports it)
+            errors.append(exc)
+
+    with engine.connect() as deleter:
+        with deleter.begin():
+            assert queue.delete_all(deleter, creds.app_id) == []
+            finisher = threading.Thread(target=finish_meanwhile)
+            finisher.start()
+            finisher.join(0.5)  # blocked on the deleting transaction's lock
+            assert finisher.is_alive()
+        finisher.join(10)
+    assert errors == []
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM attempts")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM tasks")).scalar() == 0

@@ -72,6 +72,6 @@ def test_retry_after_in_the_past_means_now() -> None:
     assert parse_retry_after(earlier, now=now) == 0
 
 
-@pytest.mark.parametrize("header", [None, "", "soon", "-5", "Tuesday"])
+@pytest.mark.parametrize("header", [None, "", "soon", "-5", "Tuesday", "²", "1²", "٣"])
 def test_unusable_retry_after_is_ignored(header: str | None) -> None:
     assert parse_retry_after(header) is None
