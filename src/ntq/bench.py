@@ -67,8 +67,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=os.environ.get("NTQ_BENCH_ONLY"),
                         help=f"comma-separated scenarios to run, from {', '.join(SCENARIO_NAMES)} "
                              "(env NTQ_BENCH_ONLY, default all)")
-    parser.add_argument("--web-workers", type=int,
-                        default=int(os.environ.get("WEB_CONCURRENCY", 2)),
+    parser.add_argument("--web-workers", type=int, default=None,
                         help="web processes (env WEB_CONCURRENCY, default 2)")
     parser.add_argument("--json", type=Path, default=os.environ.get("NTQ_BENCH_JSON"),
                         help="write the figures as JSON here (env NTQ_BENCH_JSON); "
@@ -142,14 +141,15 @@ def run(args: argparse.Namespace) -> int:
     from ntq.bench_stack import Stack
 
     names, sizes = _scenarios(args.only), _sizes(args)
-    original = load_settings()
+    original = load_settings(web_concurrency=args.web_workers)
     settings = _servers(original)
+    web_workers = original.web_concurrency
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="ntq-bench-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": _describe(original, names, args.web_workers)}
-    stack = Stack(settings, log_dir, args.web_workers)
+    results: dict[str, Any] = {"machine": _describe(original, names, web_workers)}
+    stack = Stack(settings, log_dir, web_workers)
     # SIGTERM unwinds like Ctrl-C, so that every child process is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ntq import __version__
-from ntq.config import ConfigError, Settings, load_settings
+from ntq.config import ConfigError, Settings, load_settings, parser
 from ntq.lifetime import StartError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -19,6 +19,19 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _env_default(name: str, default: Any = None) -> Any:
     return os.environ.get(name, default)
+
+
+def _checked(variable: str) -> Callable[[str], Any]:
+    """An option's type: parsed and range-checked like the variable it stands for."""
+    parse = parser(variable)
+
+    def check(raw: str) -> Any:
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return check
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -31,6 +44,16 @@ def _resolved(settings: Settings) -> Settings:
     from ntq.embedded import resolve
 
     settings = resolve(settings)
+    logs.configure(settings.log_format)
+    return settings
+
+
+def _database_settings() -> Settings:
+    """Settings for a command that needs PostgreSQL only (the embedded one if no URL)."""
+    from ntq import logs
+    from ntq.embedded import resolve_database
+
+    settings = resolve_database(load_settings())
     logs.configure(settings.log_format)
     return settings
 
@@ -50,9 +73,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     patch()  # before redis, requests or ssl are imported; gunicorn's own patch is then a no-op
     from ntq.webserver import serve_web
 
-    settings = load_settings(port=args.port)
+    settings = load_settings(port=args.port, web_concurrency=args.workers)
     listener = _listener(args, settings)
-    serve_web(_resolved(settings), listener, args.workers)
+    serve_web(_resolved(settings), listener, settings.web_concurrency)
     return 0
 
 
@@ -62,7 +85,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     patch()
     from ntq.runner import run_worker
 
-    run_worker(_settings(worker_concurrency=args.concurrency), args.grace)
+    settings = _settings(worker_concurrency=args.concurrency, worker_grace=args.grace)
+    run_worker(settings, settings.worker_grace)
     return 0
 
 
@@ -76,7 +100,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from ntq.migrate import upgrade
 
-    settings = _settings()
+    settings = _database_settings()
     assert settings.database_url
     upgrade(settings.database_url)
     return 0
@@ -94,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_apps(args: argparse.Namespace) -> int:
     from ntq.appcli import run
 
-    return run(_settings(), args)
+    return run(_database_settings(), args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -117,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
     web = sub.add_parser("web", help="the HTTP API (gunicorn, gevent workers)")
     _web_options(web)
-    web.add_argument("--workers", type=int, default=int(_env_default("WEB_CONCURRENCY", 2)),
+    web.add_argument("--workers", type=_checked("WEB_CONCURRENCY"), default=None,
                      help="web processes (env WEB_CONCURRENCY, default 2)")
     web.add_argument("--fd", type=int, default=None,
                      help="serve on this inherited, already listening socket instead of "
@@ -125,10 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     web.set_defaults(handler=cmd_web)
 
     worker = sub.add_parser("worker", help="deliver tasks")
-    worker.add_argument("--concurrency", type=int, default=None,
+    worker.add_argument("--concurrency", type=_checked("NTQ_WORKER_CONCURRENCY"), default=None,
                         help="attempts in flight (env NTQ_WORKER_CONCURRENCY, default 100)")
-    worker.add_argument("--grace", type=float,
-                        default=float(_env_default("NTQ_WORKER_GRACE", 30)),
+    worker.add_argument("--grace", type=_checked("NTQ_WORKER_GRACE"), default=None,
                         help="seconds to let attempts finish on SIGTERM "
                              "(env NTQ_WORKER_GRACE, default 30)")
     worker.set_defaults(handler=cmd_worker)
@@ -152,7 +175,7 @@ def _bench_parser(sub: Any) -> None:
 def _web_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=_env_default("NTQ_HOST", "127.0.0.1"),
                         help="address to listen on (env NTQ_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None,
+    parser.add_argument("--port", type=_checked("PORT"), default=None,
                         help="port to listen on (env PORT, default 8080)")
 
 
@@ -190,3 +213,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        message = _known_failure(exc)
+        if message is None:
+            raise
+        print(f"ntq: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _known_failure(exc: Exception) -> str | None:
+    """One line for a failure the user can fix (a database that cannot be reached...), or
+    None for a bug, whose traceback is worth seeing."""
+    from sqlalchemy.exc import OperationalError
+
+    from ntq.migrate import MigrationsNotFound
+
+    if isinstance(exc, OperationalError):
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        return f"cannot use PostgreSQL ({reason}); check DATABASE_URL"
+    if isinstance(exc, MigrationsNotFound):
+        return str(exc)
+    return None

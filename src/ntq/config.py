@@ -101,6 +101,8 @@ class Settings:
     cleanup_after_days: float = 7.0
     redis_channel: str = "ntq"
     worker_concurrency: int = 100
+    worker_grace: float = 30.0
+    web_concurrency: int = 2
     max_body_bytes: int = 1024 * 1024
     body_timeout: float = 30.0
     max_response_bytes: int = 65536
@@ -148,6 +150,8 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NTQ_CLEANUP_AFTER_DAYS": ("cleanup_after_days", _float_range(0.0, 36500.0)),
     "NTQ_REDIS_CHANNEL": ("redis_channel", lambda raw: _nonempty(raw)),
     "NTQ_WORKER_CONCURRENCY": ("worker_concurrency", _int_range(1, 10000)),
+    "NTQ_WORKER_GRACE": ("worker_grace", _float_range(0.0, 86400.0)),
+    "WEB_CONCURRENCY": ("web_concurrency", _int_range(1, 256)),
     "NTQ_MAX_BODY_BYTES": ("max_body_bytes", _int_range(1, 512 * 1024 * 1024)),
     "NTQ_BODY_TIMEOUT": ("body_timeout", _float_range(0.1, 3600.0)),
     "NTQ_MAX_RESPONSE_BYTES": ("max_response_bytes", _int_range(0, 64 * 1024 * 1024)),
@@ -183,6 +187,12 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     _check_consistency(settings)
     return settings
+
+
+def parser(variable: str) -> Callable[[str], Any]:
+    """How ``variable`` is parsed and checked, for a command-line option that sets the same
+    thing (a bad value raises ValueError saying what is expected)."""
+    return _SPEC[variable][1]
 
 
 def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:

@@ -66,9 +66,14 @@ def _attach(name: str, data_dir: Path) -> str:
 
 def resolve(settings: Settings) -> Settings:
     """``settings`` with the embedded servers' URLs filled in where none was given."""
-    database_url = settings.database_url or postgres_url(settings.data_dir)
-    cache_url = settings.redis_url or redis_url(settings.data_dir)
-    return replace(settings, database_url=database_url, redis_url=cache_url)
+    settings = resolve_database(settings)
+    return replace(settings, redis_url=settings.redis_url or redis_url(settings.data_dir))
+
+
+def resolve_database(settings: Settings) -> Settings:
+    """``settings`` with the embedded PostgreSQL's URL filled in if none was given (for the
+    commands that need no Redis: migrate, apps)."""
+    return replace(settings, database_url=settings.database_url or postgres_url(settings.data_dir))
 
 
 # --- in the keeper process ------------------------------------------------------------------
