@@ -184,6 +184,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
                              _networks)
         values.update(allow_private_networks=allow, allowed_networks=nets)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if "NTQ_REDIS_VERIFY_TLS" in env and not _parse(
+            "NTQ_REDIS_VERIFY_TLS", env["NTQ_REDIS_VERIFY_TLS"], _bool):
+        values["redis_url"] = _unverified_tls(values.get("redis_url"))
     settings = Settings(**values)
     _check_consistency(settings)
     return settings
@@ -193,6 +196,14 @@ def parser(variable: str) -> Callable[[str], Any]:
     """How ``variable`` is parsed and checked, for a command-line option that sets the same
     thing (a bad value raises ValueError saying what is expected)."""
     return _SPEC[variable][1]
+
+
+def _unverified_tls(url: str | None) -> str | None:
+    """A ``rediss://`` URL whose server certificate is not verified (redis-py reads
+    ``ssl_cert_reqs`` from the query): hosted Redis often presents a self-signed one."""
+    if url is None or not url.startswith("rediss://") or "ssl_cert_reqs=" in url:
+        return url
+    return url + ("&" if "?" in url else "?") + "ssl_cert_reqs=none"
 
 
 def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:

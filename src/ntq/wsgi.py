@@ -1,4 +1,5 @@
-"""``application`` for any WSGI server: ``gunicorn ntq.wsgi:application``."""
+"""``application`` for a WSGI server whose workers are gevent-patched, as ntq's web relies on
+(body deadlines, cooperative database calls): ``gunicorn -k gevent ntq.wsgi:application``."""
 
 from __future__ import annotations
 

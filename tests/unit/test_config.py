@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+import redis
 
 from ntq.config import ConfigError, load_settings
 
@@ -119,3 +120,18 @@ def test_inconsistent_values_are_refused_by_name(env: dict[str, str],
 
 def test_unrelated_environment_is_ignored() -> None:
     assert load_settings({"HOME": "/root", "NTQ_UNKNOWN_THING": "x"}) == load_settings({})
+
+
+def test_redis_tls_without_verification_for_self_signed_hosted_servers() -> None:
+    """Hosted Redis (Heroku's, for one) hands out ``rediss://`` URLs whose certificate is
+    self-signed: ``NTQ_REDIS_VERIFY_TLS=false`` makes redis-py accept it."""
+    url = "rediss://:secret@redis.example.com:6380"
+    settings = load_settings({"REDIS_URL": url, "NTQ_REDIS_VERIFY_TLS": "false"})
+    assert settings.redis_url is not None
+    pool = redis.Redis.from_url(settings.redis_url).connection_pool
+    assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    assert load_settings({"REDIS_URL": url}).redis_url == url  # verified by default
+    plain = "redis://127.0.0.1:6379/0"
+    assert load_settings({"REDIS_URL": plain, "NTQ_REDIS_VERIFY_TLS": "false"}).redis_url == plain
+    with pytest.raises(ConfigError, match="NTQ_REDIS_VERIFY_TLS"):
+        load_settings({"REDIS_URL": url, "NTQ_REDIS_VERIFY_TLS": "maybe"})
