@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from sqlalchemy import text
 from ntq.db import make_engine
 from tests.conftest import _fresh_database, stack_env
 from tests.support.hook import HookServer
-from tests.support.procs import free_port
+from tests.support.procs import free_port, interrupt_group
 from tests.support.tasks import wait_until
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -56,12 +55,7 @@ class Console:
 
     def interrupt(self) -> int:
         """Ctrl-C, as a terminal sends it to the foreground process group; the exit code."""
-        os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            return self.proc.wait(60)
-        finally:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        return interrupt_group(self.proc)
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path) -> str:

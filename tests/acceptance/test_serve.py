@@ -28,7 +28,7 @@ import requests
 
 from tests.conftest import stack_env
 from tests.support.hook import HookServer
-from tests.support.procs import Stack, free_port
+from tests.support.procs import Stack, free_port, interrupt_group
 
 
 class Serve:
@@ -82,12 +82,7 @@ class Serve:
 
     def interrupt(self) -> int:
         """Ctrl-C, as a terminal sends it to the foreground process group."""
-        os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            return self.proc.wait(60)
-        finally:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        return interrupt_group(self.proc)
 
 
 def _take_terminal() -> None:

@@ -10,14 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ntq import cli
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
-    with pytest.raises(SystemExit) as exited:
-        cli.main(argv)
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out + captured.err
+from tests.support.cli import run_cli
 
 
 @pytest.fixture
@@ -31,10 +24,10 @@ def database_only(migrated: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 def test_migrate_and_apps_run_with_a_database_and_no_redis(
         database_only: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, output = run(["migrate"], capsys)
+    code, output = run_cli(["migrate"], capsys)
     assert code == 0, output
     name = f"db-only-{uuid.uuid4().hex[:8]}"
-    code, output = run(["apps", "create", name, "--json"], capsys)
+    code, output = run_cli(["apps", "create", name, "--json"], capsys)
     assert code == 0, output
     assert json.loads(output.strip().splitlines()[-1])["name"] == name
     assert not (database_only / "keeper").exists()  # no embedded server was started

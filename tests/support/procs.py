@@ -65,6 +65,17 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
+def interrupt_group(popen: subprocess.Popen[Any]) -> int:
+    """Ctrl-C, as a terminal sends it to the foreground process group (the process's own,
+    started with ``start_new_session``); its exit code. SIGKILL if it outlives a minute."""
+    os.killpg(popen.pid, signal.SIGINT)
+    try:
+        return popen.wait(60)
+    finally:
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGKILL)
+
+
 class Stack:
     """ntq's processes against one database and Redis, as a deployment would run them."""
 

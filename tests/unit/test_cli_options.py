@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ntq import cli
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
-    with pytest.raises(SystemExit) as exited:
-        cli.main(argv)
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out + captured.err
+from tests.support.cli import run_cli
 
 
 @pytest.mark.parametrize(("argv", "option"), [
@@ -25,7 +18,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[object, st
 ])
 def test_an_out_of_range_option_is_refused_naming_it(
         argv: list[str], option: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, output = run(argv, capsys)
+    code, output = run_cli(argv, capsys)
     assert code == 2
     assert f"argument {option}" in output
     assert "Traceback" not in output
@@ -37,7 +30,7 @@ def test_a_bad_variable_stops_any_command_naming_it(
         variable: str, value: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv(variable, value)
-    code, output = run(["migrate"], capsys)
+    code, output = run_cli(["migrate"], capsys)
     assert code == 2
     assert f"{variable}={value!r} is invalid" in output
     assert "Traceback" not in output
@@ -46,6 +39,6 @@ def test_a_bad_variable_stops_any_command_naming_it(
 def test_version_reads_no_setting(monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("WEB_CONCURRENCY", "abc")
-    code, output = run(["--version"], capsys)
+    code, output = run_cli(["--version"], capsys)
     assert code == 0
     assert output.startswith("ntq ")

