@@ -1,10 +1,10 @@
-"""Alembic environment: the URL comes from ntq's settings, the metadata from ntq.models."""
+"""Alembic environment: the URL comes from ntq's settings, the metadata from ntq.store.models."""
 
 from alembic import context
 from sqlalchemy import text
 
-from ntq import models  # noqa: F401  (registers the tables on the metadata)
-from ntq.db import make_engine, metadata
+from ntq.store import models  # noqa: F401  (registers the tables on the metadata)
+from ntq.store.db import make_engine, metadata
 
 config = context.config
 
@@ -13,7 +13,7 @@ def run_migrations_online() -> None:
     url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
     if not url:
         from ntq.config import load_settings
-        from ntq.embedded import postgres_url
+        from ntq.embedded.servers import postgres_url
 
         settings = load_settings()
         url = settings.database_url or postgres_url(settings.data_dir)

@@ -16,13 +16,13 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from ntq import apps
-from ntq.apps import Credentials
 from ntq.config import Settings, load_settings
-from ntq.db import make_engine, normalize_url
-from ntq.embedded import postgres_url
-from ntq.embedded import redis_url as embedded_redis_url
-from ntq.migrate import upgrade
+from ntq.embedded.servers import postgres_url
+from ntq.embedded.servers import redis_url as embedded_redis_url
+from ntq.store import apps
+from ntq.store.apps import Credentials
+from ntq.store.db import make_engine, normalize_url
+from ntq.store.migrate import upgrade
 from tests.support.hook import HookServer, start_hook
 from tests.support.procs import Api, RedisServer, Stack
 from tests.support.tasks import new_app

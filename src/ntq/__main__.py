@@ -1,5 +1,5 @@
 """``python -m ntq`` runs the command line."""
 
-from ntq.cli import main
+from ntq.cli.main import main
 
 main()

@@ -16,8 +16,8 @@ from requests.adapters import HTTPAdapter
 from ntq import __version__, signing
 from ntq.backoff import Backoff, parse_retry_after
 from ntq.config import Settings
-from ntq.queue import NOTICE_TIMEOUT
 from ntq.records import Acquired, AttemptResult, Verdict
+from ntq.store.transitions import NOTICE_TIMEOUT
 from ntq.urlsafety import AddressPolicy, BlockedAddress, guarded_pool_classes
 
 USER_AGENT = f"ntq/{__version__}"

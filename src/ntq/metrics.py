@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ntq.models import Count
+from ntq.store.models import Count
 
 log = structlog.get_logger(__name__)
 

@@ -17,8 +17,9 @@ import structlog
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ntq import db, metrics, notify, queue
+from ntq import metrics, notify
 from ntq.config import Settings
+from ntq.store import db, transitions
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +37,7 @@ class Requeue:
         self.settings = settings
         self.engine = engine
         self.notifier = notifier
-        self.cursor: queue.Cursor | None = None
+        self.cursor: transitions.Cursor | None = None
         self.last_cleanup = 0.0
         self.stopping = False
 
@@ -85,7 +86,7 @@ class Requeue:
         room = LOW_WATER - self.notifier.backlog()
         if room <= 0:
             return True
-        batch = queue.overdue(conn, min(BATCH, room), after=self.cursor)
+        batch = transitions.overdue(conn, min(BATCH, room), after=self.cursor)
         if batch and self.notifier.push(task_id for _, task_id in batch):
             log.info("requeue.pushed", count=len(batch))
         full = len(batch) == min(BATCH, room)
@@ -94,13 +95,13 @@ class Requeue:
 
     def _push_notices(self, conn: Connection) -> None:
         """Cancelled tasks whose DELETE notice is owed and overdue (few, so no sweep)."""
-        ids = queue.overdue_notices(conn, BATCH)
+        ids = transitions.overdue_notices(conn, BATCH)
         if ids:
             self.notifier.push(ids)
 
     def _cleanup(self, conn: Connection) -> None:
         self.last_cleanup = time.monotonic()
-        deleted = queue.cleanup(conn, self.settings.cleanup_after_days)
+        deleted = transitions.cleanup(conn, self.settings.cleanup_after_days)
         if deleted:
             log.info("requeue.cleaned", deleted=deleted)
         metrics.fold(conn)

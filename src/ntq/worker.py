@@ -25,10 +25,11 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ntq import db, delivery, metrics, notify, queue
+from ntq import delivery, metrics, notify
 from ntq.config import Settings
-from ntq.db import transaction
 from ntq.records import Acquired, AttemptResult, Verdict
+from ntq.store import db, transitions
+from ntq.store.db import transaction
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -133,7 +134,7 @@ class Worker:
 
     def _acquire(self, ids: list[uuid.UUID]) -> list[Acquired]:
         # One statement (autocommit: no BEGIN), on a fresh connection if its own was lost.
-        return db.retrying(self.engine, lambda conn: queue.acquire(conn, ids))
+        return db.retrying(self.engine, lambda conn: transitions.acquire(conn, ids))
 
     def _attempt(self, task: Acquired) -> None:
         structlog.contextvars.bind_contextvars(task_id=str(task.id), attempt=task.retry_count)
@@ -162,7 +163,7 @@ class Worker:
         structlog.contextvars.bind_contextvars(task_id=str(task.id))
         result = delivery.send_cancel_notice(self.session, task)
         log.info("worker.cancel_notice", status_code=result.status_code, error=result.error)
-        if self._write(lambda conn: queue.finish_notice(conn, task, result), atomic=True):
+        if self._write(lambda conn: transitions.finish_notice(conn, task, result), atomic=True):
             self.notifier.attempted([notify.Attempted(task.id, "cancel_notice",
                                                       result.elapsed_ms)])
 
@@ -184,10 +185,10 @@ class Worker:
                 for _ in batch:
                     self.outcomes.task_done()
 
-    def _record(self, batch: list[queue.Outcome]) -> None:
+    def _record(self, batch: list[transitions.Outcome]) -> None:
         # One statement records the batch; creating callback tasks adds more, which
         # must commit with it.
-        finished = self._write(lambda conn: queue.finish_many(conn, batch),
+        finished = self._write(lambda conn: transitions.finish_many(conn, batch),
                                atomic=any(task.callback for task, _, _ in batch))
         if finished is None:
             return  # the leases expire and the tasks are attempted again

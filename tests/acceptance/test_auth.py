@@ -19,8 +19,8 @@ import requests
 from sqlalchemy import Engine, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from ntq import apps
-from ntq.apps import Credentials
+from ntq.store import apps
+from ntq.store.apps import Credentials
 from tests.support.hook import HookServer, Received
 from tests.support.procs import Api, Stack
 from tests.support.tasks import enqueue

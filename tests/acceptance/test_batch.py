@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from ntq.apps import Credentials
+from ntq.store.apps import Credentials
 from tests.conftest import module_stack
 from tests.support.hook import HookServer
 from tests.support.procs import Api

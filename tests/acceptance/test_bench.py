@@ -83,4 +83,4 @@ def test_profile_records_each_process_with_a_summary(migrated: str, redis_url: s
     by_package = summary.split("on the stack")[0]
     for package in ("gunicorn", "pyramid", "ntq"):  # the web's layers, each sampled
         assert f"  {package}\n" in by_package, summary
-    assert "enqueue (ntq/api/views.py)" in summary
+    assert "enqueue_query (ntq/web/api/views.py)" in summary

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from ntq import signing
-from ntq.apps import Credentials
+from ntq.store.apps import Credentials
 from tests.conftest import module_stack
 from tests.support.hook import HookServer, Received
 from tests.support.procs import Api

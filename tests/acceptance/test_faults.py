@@ -2,7 +2,7 @@
 Redis and of PostgreSQL lose no task.
 
 Every test here kills, restarts or flushes something for real. Leases are the task's
-timeout plus ``queue.LEASE_GRACE`` (10 s), so tasks use small timeouts and a test that must
+timeout plus ``transitions.LEASE_GRACE`` (10 s), so tasks use small timeouts and a test that must
 wait for a lost attempt's lease waits 12-17 s.
 
 Expected to fail until fixed: ``test_redis_connections_silently_dropped_...`` (the worker's
@@ -26,9 +26,9 @@ import redis
 import requests
 from sqlalchemy import Engine, text
 
-from ntq import apps, queue
-from ntq.apps import Credentials
-from ntq.db import make_engine
+from ntq.store import apps, transitions
+from ntq.store.apps import Credentials
+from ntq.store.db import make_engine
 from tests.conftest import stack_env
 from tests.support.hook import HookServer
 from tests.support.postgres import PrivatePostgres, migrated_private_postgres
@@ -113,7 +113,7 @@ def test_worker_sigkilled_mid_delivery_every_task_still_completes(
     stack.worker("--concurrency", "10")
     stack.requeue()
     # The interrupted attempts come back when their lease (timeout 2 s + 10 s) expires.
-    tasks = wait_all_terminal(engine, timeout=2 + queue.LEASE_GRACE + 40)
+    tasks = wait_all_terminal(engine, timeout=2 + transitions.LEASE_GRACE + 40)
     assert set(tasks) == ids
     assert {v["status"] for v in tasks.values()} == {"COMPLETED"}, tasks
     assert all(tasks[k]["retry_count"] >= 2 for k in in_flight), \
@@ -500,7 +500,7 @@ def test_second_sigterm_stops_the_worker_at_once_and_the_tasks_are_retried_later
 
     stack.worker("--concurrency", "4")
     stack.requeue()
-    tasks = wait_all_terminal(engine, timeout=7 + queue.LEASE_GRACE + 25)
+    tasks = wait_all_terminal(engine, timeout=7 + transitions.LEASE_GRACE + 25)
     assert set(tasks) == ids
     assert {v["status"] for v in tasks.values()} == {"COMPLETED"}
     assert all(v["retry_count"] == 2 for v in tasks.values()), tasks

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 import pytest
 from sqlalchemy import Engine, text
 
-from ntq import apps
+from ntq.store import apps
 from tests.conftest import module_stack
 from tests.support.procs import Api, Stack
 

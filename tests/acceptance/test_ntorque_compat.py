@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import requests
 from webob import Request
 
-from ntq.apps import Credentials
+from ntq.store.apps import Credentials
 from tests.conftest import module_stack
 from tests.support.hook import HookServer, Received
 from tests.support.procs import Api, Stack

@@ -19,7 +19,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from ntq.db import make_engine
+from ntq.store.db import make_engine
 from tests.conftest import _fresh_database, stack_env
 from tests.support.hook import HookServer
 from tests.support.procs import free_port, interrupt_group

@@ -24,9 +24,9 @@ import requests
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from ntq import apps
-from ntq.apps import Credentials
-from ntq.db import normalize_url
+from ntq.store import apps
+from ntq.store.apps import Credentials
+from ntq.store.db import normalize_url
 from tests.conftest import stack_env
 from tests.support.hook import HookServer
 from tests.support.postgres import PrivatePostgres, migrated_private_postgres

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ntq.apps import Credentials
+from ntq.store.apps import Credentials
 from tests.conftest import module_stack
 from tests.support.hook import HookServer, Received
 from tests.support.procs import Api

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import requests
 from sqlalchemy import Engine, text
 
-from ntq.apps import Credentials
+from ntq.store.apps import Credentials
 from tests.conftest import app_api, module_stack
 from tests.support.hook import HookServer, gaps
 from tests.support.procs import Api, Stack

@@ -14,8 +14,8 @@ from typing import Any
 import requests
 from sqlalchemy import Engine
 
-from ntq import apps
-from ntq.apps import Credentials
+from ntq.store import apps
+from ntq.store.apps import Credentials
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Stack, free_port
 from tests.support.tasks import enqueue, finished

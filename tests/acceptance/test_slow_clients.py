@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from ntq.apps import Credentials
+from ntq.store.apps import Credentials
 from tests.support.procs import Proc, Stack, wait_http
 from tests.support.tasks import eventually
 

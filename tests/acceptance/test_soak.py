@@ -29,7 +29,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from ntq.apps import Credentials
+from ntq.store.apps import Credentials
 from tests.support.procs import Api, Proc, RedisServer, Stack
 
 TASKS = int(os.environ.get("NTQ_SOAK_TASKS", "20000"))

@@ -10,8 +10,8 @@ from typing import Any
 import requests
 from sqlalchemy import Engine
 
-from ntq import apps
-from ntq.apps import Credentials
+from ntq.store import apps
+from ntq.store.apps import Credentials
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Stack
 from tests.support.scrape import exposition, promtool_check, wait_metrics

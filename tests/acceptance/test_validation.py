@@ -15,8 +15,8 @@ import pytest
 import requests
 from sqlalchemy import Engine, text
 
-from ntq import apps
-from ntq.apps import Credentials
+from ntq.store import apps
+from ntq.store.apps import Credentials
 from tests.conftest import module_stack
 from tests.support.procs import Stack
 

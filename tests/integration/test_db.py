@@ -1,10 +1,10 @@
-"""Engine modes (ntq.db) against the real PostgreSQL."""
+"""Engine modes (ntq.store.db) against the real PostgreSQL."""
 
 from __future__ import annotations
 
 import pytest
 
-from ntq.db import make_engine
+from ntq.store.db import make_engine
 
 
 @pytest.mark.parametrize("autocommit", [False, True])

@@ -20,7 +20,7 @@ import redis
 ATTACH = """
 import sys, time
 from pathlib import Path
-from ntq.embedded import redis_url
+from ntq.embedded.servers import redis_url
 print(redis_url(Path(sys.argv[1])), flush=True)
 time.sleep(600)
 """
@@ -40,7 +40,7 @@ def keepers(data_dir: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         cmdline = proc.info["cmdline"] or []
-        if ("ntq.embedded" in cmdline and str(data_dir.resolve()) in cmdline
+        if ("ntq.embedded.servers" in cmdline and str(data_dir.resolve()) in cmdline
                 and proc.info["status"] != psutil.STATUS_ZOMBIE):
             found.append(proc)
     return found
@@ -100,7 +100,7 @@ def test_postgres_left_by_a_killed_keeper_is_adopted_and_stopped_by_the_next(
         first.wait()
     # The package's own count of users still names the dead keeper; it must not matter.
     again = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                            "from ntq.embedded import postgres_url; "
+                            "from ntq.embedded.servers import postgres_url; "
                             "print(postgres_url(Path(sys.argv[1])))", str(data_dir)],
                            capture_output=True, text=True, timeout=120, check=True)
     assert again.stdout.startswith("postgresql://"), again.stderr

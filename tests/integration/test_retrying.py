@@ -1,5 +1,5 @@
 """Work that fails on a connection that no longer serves runs again on a fresh one
-(:func:`ntq.db.retrying`), against the real PostgreSQL. Only the sessions of the test's own
+(:func:`ntq.store.db.retrying`), against the real PostgreSQL. Only the sessions of the test's own
 engine are terminated or made read-only."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from ntq import db
-from ntq.db import make_engine, retrying, transaction
+from ntq.store import db
+from ntq.store.db import make_engine, retrying, transaction
 
 
 @pytest.fixture

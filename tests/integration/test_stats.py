@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, update
 
-from ntq import queue, reads
-from ntq.apps import Credentials
 from ntq.records import AttemptResult, NewTask, Verdict
+from ntq.store import reads, transitions
+from ntq.store.apps import Credentials
 
 pytestmark = pytest.mark.usefixtures("settings")  # empty tables and Redis for every test
 
@@ -23,14 +23,14 @@ HOUR = 3600
 
 def put(engine: Engine, creds: Credentials, **fields: Any) -> uuid.UUID:
     with engine.begin() as conn:
-        task, _ = queue.enqueue(conn, NewTask(url=HOOK, **fields), creds.app_id)
+        task, _ = transitions.enqueue(conn, NewTask(url=HOOK, **fields), creds.app_id)
     return task.id
 
 
 def shift(engine: Engine, task_id: uuid.UUID, seconds: float, *columns: str) -> None:
     """Move the task's ``columns`` ``seconds`` into the past."""
-    tasks = queue.tasks
-    moved = {name: tasks.c[name] - queue.seconds(seconds) for name in columns}
+    tasks = transitions.tasks
+    moved = {name: tasks.c[name] - transitions.seconds(seconds) for name in columns}
     with engine.begin() as conn:
         conn.execute(update(tasks).where(tasks.c.id == task_id).values(moved))
 
@@ -38,8 +38,8 @@ def shift(engine: Engine, task_id: uuid.UUID, seconds: float, *columns: str) -> 
 def attempt(engine: Engine, task_id: uuid.UUID, verdict: Verdict) -> None:
     """Acquire the task (it must be due) and apply ``verdict`` to that attempt."""
     with engine.begin() as conn:
-        (held,) = queue.acquire(conn, [task_id])
-        queue.finish(conn, held, AttemptResult(method="POST", started=datetime.now(UTC),
+        (held,) = transitions.acquire(conn, [task_id])
+        transitions.finish(conn, held, AttemptResult(method="POST", started=datetime.now(UTC),
                                                elapsed_ms=3, status_code=200), verdict)
 
 
@@ -77,7 +77,7 @@ def test_a_replayed_task_counts_from_its_replay(engine: Engine, creds: Credentia
     attempt(engine, task, Verdict("fail", error="HTTP 500"))
     shift(engine, task, HOUR, "created", "first_due")  # failed an hour ago
     with engine.begin() as conn:
-        assert queue.replay(conn, task, creds.app_id) is not None
+        assert transitions.replay(conn, task, creds.app_id) is not None
     attempt(engine, task, Verdict("complete"))
     assert latency(engine, creds)["p99"] < 60
 

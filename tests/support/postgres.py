@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from ntq.embedded import postgres_url
-from ntq.migrate import upgrade
+from ntq.embedded.servers import postgres_url
+from ntq.store.migrate import upgrade
 
 
 class PrivatePostgres:

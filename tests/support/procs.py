@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from ntq.embedded import redis_binary
+from ntq.embedded.servers import redis_binary
 
 
 def free_port() -> int:

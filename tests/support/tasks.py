@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from ntq import apps
-from ntq.apps import Credentials
+from ntq.store import apps
+from ntq.store.apps import Credentials
 from tests.support.procs import Api, Stack
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")

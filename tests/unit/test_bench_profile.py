@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ntq.bench_profile import read_stacks, summarize
+from ntq.bench.profile import read_stacks, summarize
 
 STACKS = """\
 process 1:"ntq web";handle (gunicorn/workers/ggevent.py:10);enqueue (ntq/api/views.py:5) 6

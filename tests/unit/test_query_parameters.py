@@ -8,10 +8,10 @@ from urllib.parse import urlencode
 import pytest
 from webob import Request
 
-from ntq.api.errors import ApiError
-from ntq.api.schemas import from_query
 from ntq.config import Settings
 from ntq.records import NewTask
+from ntq.web.api.errors import ApiError
+from ntq.web.api.schemas import from_query
 
 HOOK = "https://example.com/hook"
 

@@ -1,0 +1,1 @@
+"""The ``ntq`` command: its sub-commands, ``ntq serve`` and the process entry points."""

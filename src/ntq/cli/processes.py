@@ -1,0 +1,45 @@
+"""Long-running processes with signal handling: ``ntq worker`` and ``ntq requeue``."""
+
+from __future__ import annotations
+
+import signal
+
+from ntq.config import Settings
+from ntq.store.db import make_engine
+
+
+def run_worker(settings: Settings, grace: float) -> None:
+    """Deliver tasks until SIGTERM/SIGINT (twice to stop at once). The process must
+    already be patched by :func:`ntq.green.patch`."""
+    import gevent
+
+    from ntq.worker import Worker
+
+    assert settings.database_url
+    # A fixed pool: attempts hold a connection only to acquire, and outcomes are written
+    # in batches, so a few connections serve hundreds of attempts in flight.
+    # Autocommit: acquiring and recording a batch are one statement each.
+    engine = make_engine(settings.database_url, pool_size=min(settings.worker_concurrency, 10),
+                         max_overflow=0, autocommit=True)
+    worker = Worker(settings, engine, settings.worker_concurrency, grace=grace)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, worker.request_stop)
+    worker.run()
+    engine.dispose()
+
+
+def run_requeue(settings: Settings) -> None:
+    """Requeue overdue tasks and clean up until SIGTERM/SIGINT."""
+    from ntq import metrics, notify
+    from ntq.requeue import Requeue
+
+    assert settings.database_url
+    assert settings.redis_url
+    engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
+    notifier = notify.Notifier(settings, notify.client(settings.redis_url),
+                               metrics.Tally(engine))
+    poller = Requeue(settings, engine, notifier)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: poller.request_stop())
+    poller.run()
+    engine.dispose()
