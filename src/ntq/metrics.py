@@ -36,13 +36,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from ntq.records import Outcome
 from ntq.store.models import Count
 
 log = structlog.get_logger(__name__)
 
 # Upper bounds (seconds) of the attempt-duration histogram's buckets.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-OUTCOMES = ("complete", "retry", "fail", "interrupted", "stale", "cancel_notice")
+OUTCOMES = tuple(str(outcome) for outcome in Outcome)
 TERMINAL_COUNTERS = {"COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "cancelled"}
 GAUGES = {
     "tasks_pending": "PENDING tasks of every application.",

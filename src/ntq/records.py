@@ -5,7 +5,33 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
+
+
+class Status(StrEnum):
+    """A task's state. PENDING tasks are waiting or being attempted; the others are final."""
+
+    PENDING = "PENDING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+class Outcome(StrEnum):
+    """How one attempt ended, as recorded on the attempt and counted in ``/metrics``:
+    what the verdict decided, or ``stale`` when a newer state had replaced the attempt's,
+    or ``cancel_notice`` for the DELETE sent to a cancelled task's hook."""
+
+    COMPLETE = "complete"
+    RETRY = "retry"
+    FAIL = "fail"
+    INTERRUPTED = "interrupted"
+    STALE = "stale"
+    CANCEL_NOTICE = "cancel_notice"
 
 
 @dataclass(frozen=True)

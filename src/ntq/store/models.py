@@ -25,12 +25,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from ntq.records import Status
 from ntq.store.db import Base
 
-PENDING = "PENDING"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-CANCELLED = "CANCELLED"
+PENDING, COMPLETED, FAILED, CANCELLED = (str(status) for status in Status)
 STATUSES = (PENDING, COMPLETED, FAILED, CANCELLED)
 TERMINAL = (COMPLETED, FAILED, CANCELLED)
 
