@@ -1,15 +1,20 @@
 """``ntq bench --quick`` runs every scenario against the test servers and reports every figure,
-with the machine's ceilings beside them."""
+with the machine's ceilings beside them; a scenario that fails (errors from the web, tasks
+not delivered, a process that died) makes it exit 1 and say which and why."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, text
+
+from ntq.bench.procs import children
 
 SCENARIOS = ("enqueue", "batch", "end_to_end", "end_to_end_batch", "latency", "concurrency")
 
@@ -21,6 +26,13 @@ def _env(database_url: str, redis_url: str) -> dict[str, str]:
     return env
 
 
+def bench(env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """``ntq bench --quick`` with ``args``, its JSON in ``bench.json``, running."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ntq", "bench", "--quick", "--json", str(tmp_path / "bench.json"),
+         *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_quick_bench_reports_every_figure(migrated: str, redis_url: str, clean: None,
                                           engine: Engine, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -30,7 +42,10 @@ def test_quick_bench_reports_every_figure(migrated: str, redis_url: str, clean: 
         env=_env(migrated, redis_url), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "target (issue 5)" in done.stdout  # the table
+    assert "failed" not in done.stderr
     data = json.loads(out.read_text())
+    assert data["failures"] == {}
+    assert all(data[name]["failures"] == [] for name in SCENARIOS), data
 
     assert data["enqueue"]["tasks_per_s"] > 0
     assert data["enqueue"]["errors"] == {}
@@ -84,3 +99,60 @@ def test_profile_records_each_process_with_a_summary(migrated: str, redis_url: s
     for package in ("gunicorn", "pyramid", "ntq"):  # the web's layers, each sampled
         assert f"  {package}\n" in by_package, summary
     assert "enqueue_query (ntq/web/api/views.py)" in summary
+
+
+def test_a_web_that_refuses_the_enqueues_fails_the_run_and_says_why(
+        migrated: str, redis_url: str, clean: None, tmp_path: Path) -> None:
+    """A body limit smaller than the generator's task bodies: every enqueue is a 413."""
+    env = {**_env(migrated, redis_url), "NTQ_MAX_BODY_BYTES": "8"}
+    run = bench(env, tmp_path, "--only", "enqueue,batch,end_to_end", "--tasks", "200")
+    stdout, stderr = run.communicate(timeout=180)
+    assert run.returncode == 1, stdout + stderr
+    for line in ("ntq bench: enqueue failed: POST / answered 413 (200 requests)",
+                 "ntq bench: enqueue failed: 0 of 200 tasks enqueued",
+                 "ntq bench: batch failed: POST /tasks answered 413",
+                 "ntq bench: end_to_end failed: POST / answered 413 (200 requests)"):
+        assert line in stderr, stderr
+    assert "FAILED: enqueue: POST / answered 413" in stdout  # the table says so too
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert set(data["failures"]) == {"enqueue", "batch", "end_to_end"}, data["failures"]
+
+
+def worker_of(pid: int) -> int | None:
+    """The ``ntq worker`` process among ``pid``'s descendants, if one runs."""
+    for child in children(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:4] == [b"-m", b"ntq", b"worker"]:
+            return child
+    return None
+
+
+def test_a_worker_that_dies_mid_scenario_fails_the_run_and_says_which(
+        migrated: str, redis_url: str, clean: None, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    run = bench(_env(migrated, redis_url), tmp_path, "--only", "end_to_end,latency",
+                "--tasks", "50000", "--log-dir", str(logs))
+    try:
+        deadline = time.monotonic() + 120
+        # Once the load generator runs, the scenario is under way.
+        while not (logs / "generator.log").exists() and run.poll() is None:
+            assert time.monotonic() < deadline, "the benchmark never started its load"
+            time.sleep(0.05)
+        worker = worker_of(run.pid)
+        assert worker is not None, run.communicate()
+        os.kill(worker, signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.terminate()
+            run.communicate(timeout=60)
+    assert run.returncode == 1, stdout + stderr
+    assert "ntq bench: end_to_end failed: worker exited unexpectedly; see " in stderr, stderr
+    assert "latency" not in stderr, "the run went on without a worker"
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert list(data["failures"]) == ["end_to_end"], data["failures"]
+    assert "end_to_end" not in data, "a scenario cut short reported figures"
+    assert "latency" not in data, "the run went on without a worker"

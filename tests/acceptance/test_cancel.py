@@ -9,8 +9,6 @@ headers, retried on network errors and recorded as an attempt. A terminal task: 
 from __future__ import annotations
 
 import signal
-import socket
-import threading
 import time
 from typing import Any
 
@@ -156,71 +154,22 @@ def test_cancel_of_a_finished_task_is_409(api: Api, stack: Stack, hook: HookServ
     assert missing.status_code == 404
 
 
-class FlakyHook:
-    """A hook that records every request's head, drops the first ``drop`` connections
-    without answering (a network error for the client), then answers 200."""
-
-    def __init__(self, drop: int = 1) -> None:
-        self.drop = drop
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.connections = 0
-        self.requests: list[bytes] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/flaky"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                self.connections += 1
-                conn.settimeout(5)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                self.requests.append(data)
-                if self.connections <= self.drop:
-                    continue
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
-                             b"Connection: close\r\n\r\n")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
-    """The request line and the headers (names in lower case) of a request's head."""
-    request_line, *header_lines = head.decode("latin-1").split("\r\n")
-    return request_line, {k.strip().lower(): v.strip() for k, _, v in
-                          (line.partition(":") for line in header_lines if line)}
-
-
-def test_the_cancel_delete_is_retried_after_a_network_error(api: Api, stack: Stack) -> None:
+def test_the_cancel_delete_is_retried_after_a_network_error(api: Api, hook: HookServer) -> None:
     """Asked for always, the notice goes even though no attempt began; its retry is the
     same message (the same ``webhook-id``), which is not the deliveries' (the task id)."""
-    flaky = FlakyHook(drop=1)
-    try:
-        task_id = enqueue(api, flaky.url, delay=60, cancel_notice="always")
-        assert api.delete(f"/tasks/{task_id}").status_code == 204
-        eventually(lambda: len(flaky.requests) >= 2, 10, "the DELETE was not retried")
-    finally:
-        flaky.close()
-    assert flaky.connections == 2
-    (first_line, first), (request_line, headers) = map(parse_head, flaky.requests)
-    assert first_line.startswith("DELETE /flaky ")
-    assert request_line.startswith("DELETE /flaky ")
-    assert headers["ntq-task-id"] == task_id
-    assert headers["x-trace"] == "trace-1"
-    assert headers["webhook-id"] == first["webhook-id"], "the retry is another message"
-    assert headers["webhook-id"] != task_id
+    # The first connection is dropped without an answer (a network error), then 200.
+    url = hook.script("/flaky", {"answer": False}, {"status": 200})
+    task_id = enqueue(api, url, delay=60, cancel_notice="always")
+    assert api.delete(f"/tasks/{task_id}").status_code == 204
+    eventually(lambda: len(hook.requests("/flaky")) >= 2, 10, "the DELETE was not retried")
+    first, retry = hook.requests("/flaky")
+    assert (first.method, retry.method) == ("DELETE", "DELETE")
+    assert (first.status, retry.status) == (None, 200)
+    assert retry.headers["NTQ-Task-Id"] == task_id
+    assert retry.headers["X-Trace"] == "trace-1"
+    assert retry.headers["webhook-id"] == first.headers["webhook-id"], \
+        "the retry is another message"
+    assert retry.headers["webhook-id"] != task_id
     eventually(lambda: attempts(api, task_id), 5, "the notice was not recorded")
     history = attempts(api, task_id)
     assert [(a["method"], a["outcome"], a["status_code"]) for a in history] == [

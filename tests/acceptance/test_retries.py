@@ -7,9 +7,6 @@ waits ~0.2 s after the first failure and ~0.4 s after the second (+/- 10 % jitte
 from __future__ import annotations
 
 import re
-import select
-import socket
-import threading
 import time
 
 from tests.support.hook import HookServer, gaps
@@ -151,109 +148,27 @@ def test_hook_slower_than_the_backoff_is_delivered_exactly_once(
     assert delivered == sorted(ids), "a slow task was delivered more than once"
 
 
-class TrickleHook:
-    """A raw HTTP server that answers a byte every 0.5 s: after the headers (``body``) or
-    from the very first byte of the status line (``head``). Each connection records when
-    it was accepted and when the client hung up."""
-
-    def __init__(self, part: str) -> None:
-        self.part = part
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.connections: list[dict[str, float]] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/trickle"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        record = {"accepted": time.monotonic()}
-        with self.lock:
-            self.connections.append(record)
-        with conn:
-            self._read_request(conn)
-            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n"
-            if self.part == "body":
-                conn.sendall(head)
-                drip = b"x" * 1000
-            else:
-                drip = head + b"x" * 1000
-            for byte in drip:
-                if self._client_gone(conn, 0.5):
-                    break
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:
-                    break
-        record["closed"] = time.monotonic()
-
-    @staticmethod
-    def _read_request(conn: socket.socket) -> None:
-        """Read the whole request, body included: unread bytes would make the hang-up
-        check below see a readable socket, and closing on them would send a reset."""
-        data = b""
-        conn.settimeout(10)
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-        remaining = int(match.group(1)) - len(body) if match else 0
-        while remaining > 0:
-            chunk = conn.recv(min(remaining, 65536))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-        conn.settimeout(None)
-
-    @staticmethod
-    def _client_gone(conn: socket.socket, wait: float) -> bool:
-        ready, _, _ = select.select([conn], [], [], wait)
-        if not ready:
-            return False
-        try:
-            return conn.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def test_a_trickling_hook_is_cut_off_at_the_task_timeout(api: Api, stack: Stack) -> None:
+def test_a_trickling_hook_is_cut_off_at_the_task_timeout(api: Api, stack: Stack,
+                                                        hook: HookServer) -> None:
     """Per-read socket timeouts never fire on a hook that sends a byte every 0.5 s, in its
     body or already in its status line; the task's timeout bounds the whole attempt."""
-    trickles = {part: TrickleHook(part) for part in ("body", "head")}
-    try:
-        stack.worker()
-        ids = {part: enqueue(api, hook.url, timeout=2, max_retries=0)
-               for part, hook in trickles.items()}
-        tasks = {part: finished(api, task_id, timeout=20) for part, task_id in ids.items()}
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not all(
-                "closed" in conn for t in trickles.values() for conn in t.connections):
-            time.sleep(0.05)
-    finally:
-        for trickle in trickles.values():
-            trickle.close()
-    for part, trickle in trickles.items():
+    trickle = {"trickle": 0.5, "headers": {"Content-Type": "text/plain"}, "body": b"x" * 1000}
+    urls = {"body": hook.script("/trickle-body", trickle),
+            "head": hook.script("/trickle-head", {**trickle, "trickle_head": True})}
+    stack.worker()
+    ids = {part: enqueue(api, url, timeout=2, max_retries=0) for part, url in urls.items()}
+    tasks = {part: finished(api, task_id, timeout=20) for part, task_id in ids.items()}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not all(
+            r.hung_up for part in urls for r in hook.requests(f"/trickle-{part}")):
+        time.sleep(0.05)
+    for part in urls:
         task = tasks[part]
         assert task["status"] == "FAILED", (part, task)
         assert TIMED_OUT.search(task["last_error"] or ""), (part, task["last_error"])
-        (conn,) = trickle.connections
-        assert "closed" in conn, f"the worker never hung up on the {part} trickle"
-        held = conn["closed"] - conn["accepted"]
+        (received,) = hook.requests(f"/trickle-{part}")
+        assert received.hung_up, f"the worker never hung up on the {part} trickle"
+        held = received.hung_up - received.at
         assert 1.5 <= held <= 2 + 4, f"{part}: timeout 2 s held the connection {held:.1f} s"
 
 

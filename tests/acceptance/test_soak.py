@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -30,6 +28,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from ntq.store.apps import Credentials
+from tests.support.hook import HookServer, Received, Step
 from tests.support.procs import Api, Proc, RedisServer, Stack
 
 TASKS = int(os.environ.get("NTQ_SOAK_TASKS", "20000"))
@@ -48,92 +47,40 @@ pytestmark = pytest.mark.soak
 
 # --- the random hook -----------------------------------------------------------------------
 
+HANG: Step = {"sleep": TIMEOUT + 2, "answer": False}  # nothing, until the worker gives up
+
+
+def chooser(seed: int) -> Callable[[], Step]:
+    """Per attempt and at random: a 500, a hang past the task's timeout, or a 200."""
+    rng = random.Random(seed)  # called under the hook's lock, one request at a time
+
+    def choose() -> Step:
+        roll = rng.random()
+        return {"status": 500, "body": b"no"} if roll < P_FAIL else (
+            HANG if roll < P_FAIL + P_HANG else {"status": 200, "body": b"ok"})
+
+    return choose
+
+
 @dataclass
 class Call:
     task_id: str
     attempt: int
     behaviour: str  # "ok" (200 written), "fail" (500 written), "hang", "gone"
-    received: float  # time.monotonic()
-    answered: float
+    received: float  # time.time()
+    answered: float | None
 
 
-class SoakHook(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 512  # a restarted worker opens ~100 connections at once
-
-    def __init__(self, seed: int) -> None:
-        super().__init__(("127.0.0.1", 0), _SoakHandler)
-        self.random = random.Random(seed)
-        self.lock = threading.Lock()
-        self.calls: list[Call] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/soak"
-
-    def choose(self) -> str:
-        with self.lock:
-            roll = self.random.random()
-        return "fail" if roll < P_FAIL else "hang" if roll < P_FAIL + P_HANG else "ok"
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # workers are killed mid-request on purpose: resets are expected
-
-    def record(self, call: Call) -> None:
-        with self.lock:
-            self.calls.append(call)
-
-
-class _SoakHandler(BaseHTTPRequestHandler):
-    server: SoakHook
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        received = time.monotonic()
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        task_id = self.headers["NTQ-Task-Id"]
-        attempt = int(self.headers["NTQ-Task-Attempt"])
-        behaviour = self.server.choose()
-        if behaviour == "hang":
-            self._hang(TIMEOUT + 2)
-            self.close_connection = True
-        else:
-            status = 200 if behaviour == "ok" else 500
-            try:
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok" if status == 200 else b"no")
-                self.wfile.flush()
-            except OSError:
-                behaviour = "gone"
-                self.close_connection = True
-        self.server.record(Call(task_id, attempt, behaviour, received, time.monotonic()))
-
-    def _hang(self, seconds: float) -> None:
-        """Answer nothing until the client gives up (or ``seconds`` pass)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.connection], [], [], 0.1)
-            if ready:
-                try:
-                    if not self.connection.recv(1, 2):  # MSG_PEEK: b"" means closed
-                        return
-                except OSError:
-                    return
-
-
-@pytest.fixture
-def soak_hook() -> Iterator[SoakHook]:
-    server = SoakHook(SEED)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def as_call(received: Received) -> Call:
+    """What the hook did with one request."""
+    if received.step is HANG:
+        behaviour = "hang"
+    elif received.status is None:  # the worker was killed before the answer went out
+        behaviour = "gone"
+    else:
+        behaviour = "ok" if received.status == 200 else "fail"
+    return Call(received.headers["NTQ-Task-Id"], int(received.headers["NTQ-Task-Attempt"]),
+                behaviour, received.at, received.ended)
 
 
 # --- the worker killer ---------------------------------------------------------------------
@@ -141,7 +88,7 @@ def soak_hook() -> Iterator[SoakHook]:
 @dataclass
 class Life:
     """One worker process: when it had started (logged ``worker.start``), and when it
-    was killed, if it was."""
+    was killed, if it was (``time.time()``, the hook's clock)."""
 
     proc: Proc
     started: float
@@ -163,13 +110,13 @@ class Killer(threading.Thread):
 
     def _start_worker(self) -> None:
         proc = self.stack.worker("--concurrency", str(CONCURRENCY))
-        self.lives.append(Life(proc, time.monotonic()))
+        self.lives.append(Life(proc, time.time()))
 
     def run(self) -> None:
         try:
             while not self.halt.wait(self.random.uniform(*KILL_EVERY)):
                 life = self.lives[-1]
-                life.killed = time.monotonic()
+                life.killed = time.time()
                 life.proc.kill()
                 self._start_worker()
         except BaseException as exc:  # reported by the test
@@ -214,12 +161,13 @@ def pending_count(engine: Engine) -> int:
 
 def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
         private_stack: Stack, creds: Credentials, private_redis: RedisServer,
-        soak_hook: SoakHook, engine: Engine) -> None:
+        hook: HookServer, engine: Engine) -> None:
     began = time.monotonic()
     context = f"(NTQ_SOAK_SEED={SEED}, NTQ_SOAK_TASKS={TASKS})"
     private_stack.web()
     private_stack.requeue()
     api = Api(private_stack.url, creds.api_key)
+    url = hook.script("/soak", chooser(SEED))
     client = redis.Redis.from_url(private_redis.url)
     flushed: dict[str, int] = {}
 
@@ -231,14 +179,14 @@ def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
     killer = Killer(private_stack, SEED + 1)
     killer.start()
     try:
-        ids = enqueue_all(api, soak_hook.url, TASKS, flush)
+        ids = enqueue_all(api, url, TASKS, flush)
         deadline = began + BUDGET
         polls = 0
         while (left := pending_count(engine)) and time.monotonic() < deadline:
             assert killer.error is None, killer.error
             if polls % 10 == 0:  # progress, shown with pytest -s
                 print(f"{time.monotonic() - began:6.1f} s: {left} pending, "
-                      f"{len(soak_hook.calls)} calls, {killer.kills} kills", flush=True)
+                      f"{len(hook.requests('/soak'))} calls, {killer.kills} kills", flush=True)
             polls += 1
             time.sleep(1)
         assert left == 0, f"{left} tasks still PENDING after {BUDGET:.0f} s {context}"
@@ -271,7 +219,7 @@ def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
     assert set(statuses) <= {"COMPLETED", "FAILED"}, statuses
 
     # A terminal task is never attempted again; each completion was a real 200.
-    calls = soak_hook.calls
+    calls = [as_call(received) for received in hook.requests("/soak")]
     by_task: dict[str, list[Call]] = defaultdict(list)
     for call in calls:
         by_task[call.task_id].append(call)

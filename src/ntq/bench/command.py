@@ -135,7 +135,9 @@ def _describe(original: Settings, names: list[str], web_workers: int) -> dict[st
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; 0 when every scenario completed."""
+    """Run the benchmark; 0 when every scenario completed, 1 (each failure said on stderr)
+    when one did not: errors from the server, tasks not enqueued or not delivered, or a
+    process that died (which ends the run)."""
     from ntq.bench.report import Progress, assess, render, shares
     from ntq.bench.scenarios import run_all
     from ntq.bench.stack import Stack
@@ -161,10 +163,15 @@ def run(args: argparse.Namespace) -> int:
     if "ceilings" in results:
         results["ceiling_shares"] = shares(results)
     _output(results, args.json, render(results))
-    if args.log_dir is None:
+    failures = results["failures"]
+    for scenario, reasons in failures.items():
+        for reason in reasons:
+            print(f"ntq bench: {scenario} failed: {reason}", file=sys.stderr)
+    if failures:
+        print(f"ntq bench: the processes' logs are in {log_dir}", file=sys.stderr)
+    elif args.log_dir is None:
         shutil.rmtree(log_dir, ignore_errors=True)
-    return 0 if all(r.get("complete", True) for r in results.values()
-                    if isinstance(r, dict)) else 1
+    return 1 if failures else 0
 
 
 def _output(results: dict[str, Any], path: Path | None, table: str) -> None:

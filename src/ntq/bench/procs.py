@@ -20,6 +20,10 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STOP_TIMEOUT = 15.0
 
 
+class ScenarioFailed(RuntimeError):
+    """A process the scenario needs did not start, or exited."""
+
+
 def _stat(pid: int) -> list[str]:
     """Fields of ``/proc/<pid>/stat`` after the command name (field 3 onwards)."""
     try:
@@ -144,7 +148,7 @@ class Child:
         deadline = time.monotonic() + timeout
         while text not in self.log.read_text(errors="replace"):
             if not self.alive or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start; see {self.log}")
+                raise ScenarioFailed(f"{self.name} did not start; see {self.log}")
             time.sleep(0.05)
 
 
@@ -177,7 +181,7 @@ def wait_http(child: Child, port: int, path: str, timeout: float = 30.0) -> None
             return
         except (OSError, http.client.HTTPException, orjson.JSONDecodeError):
             if not child.alive or time.monotonic() > deadline:
-                raise RuntimeError(f"{child.name} did not answer; see {child.log}") from None
+                raise ScenarioFailed(f"{child.name} did not answer; see {child.log}") from None
             time.sleep(0.05)
 
 
@@ -214,5 +218,5 @@ class LoadRun:
         assert self.child.popen is not None
         self.child.popen.wait()
         if self.result is None:
-            raise RuntimeError(f"the load generator failed; see {self.child.log}")
+            raise ScenarioFailed(f"the load generator failed; see {self.child.log}")
         return self.result

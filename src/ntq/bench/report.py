@@ -249,6 +249,12 @@ def _ceilings(results: dict[str, Any]) -> list[str]:
     return ["", *_table(rows)]
 
 
+def _failures(results: dict[str, Any]) -> list[str]:
+    """Each scenario that failed, and why: its figures above do not count."""
+    return [f"FAILED: {scenario}: {reason}"
+            for scenario, reasons in results.get("failures", {}).items() for reason in reasons]
+
+
 def render(results: dict[str, Any]) -> str:
     """The whole report as text."""
     cores = os.cpu_count() or 1
@@ -258,4 +264,5 @@ def render(results: dict[str, Any]) -> str:
         f"(CPU: percent of one core per process group over the scenario; others: processes "
         f"outside the benchmark; machine: percent of all {cores} cores. Receiver and generator "
         f"well under 100 % mean they were not the bottleneck.)",
+        *_failures(results),
     ])

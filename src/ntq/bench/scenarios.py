@@ -24,6 +24,7 @@ from ntq.bench.load import percentiles
 from ntq.bench.procs import (
     Child,
     LoadRun,
+    ScenarioFailed,
     free_port,
     http_json,
     peak_rss_mb,
@@ -60,6 +61,22 @@ class Outcome:
     load: dict[str, Any]
     cpu: dict[str, float]
     complete: bool
+    asked: int  # tasks the generator was to enqueue
+    route: str  # what it sent them to
+
+    def failures(self, delivered: int | None = None) -> list[str]:
+        """Why the run does not count: requests that were refused or failed, tasks not
+        enqueued and, given how many the receiver saw, tasks not delivered."""
+        found = [f"{self.route} {_failed(error)} ({count:,} requests)"
+                 for error, count in sorted(self.load["errors"].items())]
+        enqueued = int(self.load["tasks"])
+        if enqueued < self.asked:
+            found.append(f"{enqueued:,} of {self.asked:,} tasks enqueued")
+        if delivered is not None and delivered < enqueued:
+            found.append(f"{delivered:,} of {enqueued:,} enqueued tasks delivered")
+        elif not self.complete:
+            found.append("stalled before every delivery had finished")
+        return found
 
 
 class Bench:
@@ -99,7 +116,8 @@ class Bench:
         cpu["generator"] = result["cpu_percent"]
         cpu["others"] = _others(cpu)
         self.stack.note_memory()
-        return Outcome(result, cpu, complete)
+        route = "POST /tasks" if job.get("batch") else "POST /"
+        return Outcome(result, cpu, complete, job["count"], route)
 
     def _wait(self, label: str, total: int, load: LoadRun,
               delivered: Callable[[], int] | None, finished: Callable[[], bool] | None) -> bool:
@@ -138,7 +156,7 @@ class Bench:
         self.stack.stop_delivery()
         status = self._probe_batch()
         if status != 201:
-            return {"available": False, "reason": f"POST /tasks answered {status}"}
+            return _unavailable(status)
         job = self._job("batch", self.sizes.tasks, batch=self.sizes.batch)
         with self._profiling("batch"):
             out = self._drive("batch enqueue", job, None)
@@ -164,8 +182,9 @@ class Bench:
     def end_to_end_batch(self) -> dict[str, Any]:
         """The same, enqueued in arrays: the delivery side's throughput, with the web
         taking less of the machine."""
-        if self._probe_batch() != 201:
-            return {"available": False, "reason": "POST /tasks is not available"}
+        status = self._probe_batch()
+        if status != 201:
+            return _unavailable(status)
         return self._end_to_end("e2e_batch", self.sizes.batch)
 
     def _end_to_end(self, run: str, batch: int) -> dict[str, Any]:
@@ -186,6 +205,7 @@ class Bench:
             "complete": out.complete and seen["unique"] >= out.load["tasks"],
             "worker_concurrency": self.sizes.worker_concurrency,
             "worker_processes": self.sizes.worker_processes, "cpu": out.cpu,
+            "failures": out.failures(seen["unique"]),
         }
 
     def latency(self) -> dict[str, Any]:
@@ -203,6 +223,7 @@ class Bench:
             "rate": self.sizes.rate, "tasks": seen["unique"], "achieved_rate": _rate(out.load),
             "p50_ms": quantiles["p50"], "p95_ms": quantiles["p95"], "p99_ms": quantiles["p99"],
             "max_ms": quantiles["max"], "complete": out.complete, "cpu": out.cpu,
+            "failures": out.failures(seen["unique"]),
         }
 
     def concurrency(self) -> dict[str, Any]:
@@ -227,6 +248,7 @@ class Bench:
             "enqueued_in_batches_of": batch,
             "peak_in_flight": seen["peak_in_flight"], "complete": out.complete,
             "worker_peak_rss_mb": round(worker_rss, 1), "cpu": out.cpu,
+            "failures": out.failures(seen["unique"]),
         }
 
     def ceilings(self) -> dict[str, Any]:
@@ -381,13 +403,26 @@ def _rate(load: dict[str, Any]) -> float:
     return round(load["tasks"] / seconds, 1) if seconds > 0 else 0.0
 
 
+def _failed(error: str) -> str:
+    """An error the generator counted, in words: a status code, or an exception's name."""
+    return f"answered {error}" if error.isdigit() else f"failed: {error}"
+
+
+def _unavailable(status: int) -> dict[str, Any]:
+    """The result when the ``POST /tasks`` probe was refused: a server without the route
+    (404, 405) lacks the feature; any other answer is a failure."""
+    reason = f"POST /tasks answered {status}"
+    failures = [] if status in (404, 405) else [reason]
+    return {"available": False, "reason": reason, "failures": failures}
+
+
 def _throughput(out: Outcome, connections: int) -> dict[str, Any]:
     load = out.load
     return {
         "tasks": load["tasks"], "connections": connections,
         "seconds": round(load["last_done"] - load["first_send"], 3),
         "tasks_per_s": _rate(load), "errors": load["errors"],
-        "request_ms": load["request_ms"], "cpu": out.cpu,
+        "request_ms": load["request_ms"], "cpu": out.cpu, "failures": out.failures(),
     }
 
 
@@ -404,15 +439,24 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 
 def run_all(stack: Stack, sizes: Sizes, names: list[str], progress: Progress,
             profile_dir: Path | None) -> dict[str, Any]:
-    """Start the stack, run the named scenarios in order, stop everything."""
+    """Start the stack, run the named scenarios in order, stop everything. ``failures``
+    says, per scenario, why it does not count; a process that died ends the run."""
     bench = Bench(stack, sizes, progress, profile_dir)
     results: dict[str, Any] = {"sizes": asdict(sizes)}
+    failures: dict[str, list[str]] = {}
     try:
         stack.start()
         for name in names:
-            results[name] = SCENARIOS[name](bench)
+            try:
+                results[name] = SCENARIOS[name](bench)
+            except ScenarioFailed as exc:
+                failures[name] = [str(exc)]
+                break
             progress.finish(name, results[name])
+            if results[name].get("failures"):
+                failures[name] = results[name]["failures"]
     finally:
         stack.stop()
     results["memory"] = stack.memory.as_dict()
+    results["failures"] = failures
     return results

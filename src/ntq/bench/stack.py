@@ -18,6 +18,7 @@ from sqlalchemy import Engine, text
 from ntq.bench.procs import (
     Child,
     CpuMeter,
+    ScenarioFailed,
     children,
     free_port,
     parent,
@@ -143,7 +144,7 @@ class Stack:
         """Raise if one of the stack's processes has exited."""
         for child in self.children.values():
             if not child.alive:
-                raise RuntimeError(f"{child.name} exited unexpectedly; see {child.log}")
+                raise ScenarioFailed(f"{child.name} exited unexpectedly; see {child.log}")
 
     def note_memory(self) -> None:
         """Fold the running processes' high-water marks into :attr:`memory`."""
