@@ -147,7 +147,8 @@ def test_a_task_that_is_not_an_object_is_refused(item: Any) -> None:
     ("1704067200", datetime(2024, 1, 1, tzinfo=UTC)),
     (1704067200.5, datetime(2024, 1, 1, 0, 0, 0, 500000, tzinfo=UTC)),
 ], ids=["Z", "naive", "offset", "epoch text", "epoch number"])
-def test_not_before_in_every_accepted_form_the_past_included(given: Any, expected: datetime) -> None:
+def test_not_before_in_every_accepted_form_the_past_included(given: Any,
+                                                              expected: datetime) -> None:
     assert task(not_before=given).not_before == expected
 
 
