@@ -10,6 +10,7 @@ import dataclasses
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -318,4 +319,4 @@ def test_wait_seconds() -> None:
     assert schemas.wait_seconds("2.5", 30) == 2.5
     assert schemas.wait_seconds("30", 30) == 30.0
     for raw in ("-1", "NaN", "abc", "30.1"):
-        assert refusal(lambda raw=raw: schemas.wait_seconds(raw, 30)).code == "invalid_wait"
+        assert refusal(partial(schemas.wait_seconds, raw, 30)).code == "invalid_wait"
