@@ -74,7 +74,10 @@ def engine(migrated: str) -> Iterator[Engine]:
 def reset(engine: Engine, redis_url: str) -> None:
     """Empty every table and the Redis database."""
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+        # DELETE, not TRUNCATE: on tables this small it takes a few milliseconds where
+        # TRUNCATE (new files for every table and index) takes a tenth of a second.
+        for table in TABLES.split(", "):
+            conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608
     redis.Redis.from_url(redis_url).flushdb()
 
 

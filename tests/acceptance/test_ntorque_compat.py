@@ -4,7 +4,8 @@ nTorque 0.4.2's own client is Python 2 only, so :func:`ntorque_enqueue` sends ex
 its ``HTTPTorqueClient`` with a ``DirectDispatcher`` sends: ``requests.post`` to the torque
 URL with ``url``, ``method`` and ``timeout`` urlencoded in the query, the data as an
 already-encoded string (so no ``Content-Type``), and the key in both ``TORQUE_API_KEY`` and
-``NTORQUE_API_KEY`` headers.
+``NTORQUE_API_KEY`` headers. That ``GET /`` answers without a key in this mode is tested in
+process: ``tests/integration/api/test_ntorque_compat.py``.
 """
 
 from __future__ import annotations
@@ -89,11 +90,3 @@ def test_a_body_sent_with_its_own_content_type_keeps_it(
     (received,) = hook.wait_for(1, "/json")
     assert received.headers["Content-Type"] == "application/json"
     assert received.body == b'{"a": 1}'
-
-
-def test_get_root_answers_without_a_key_as_ntorque_did(stack: Stack) -> None:
-    response = requests.get(stack.url + "/", timeout=10)
-    assert response.status_code == 200
-    assert response.json()["name"] == "ntq"
-    # Only the descriptor is open: everything else still wants a key.
-    assert requests.get(stack.url + "/tasks", timeout=10).status_code == 401

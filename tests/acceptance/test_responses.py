@@ -1,6 +1,8 @@
 """Stored responses and attempts (issue 3, SPEC §3): ``GET /tasks/{id}/response`` with
 ``?wait=N`` long-polling, ``DELETE /tasks/{id}/response``, ``GET /tasks/{id}/attempts`` and
-the ``Link`` headers between a task and its resources."""
+the ``Link`` headers between a task and its resources, for responses a real worker stored.
+Before any attempt (a 404, with or without ``?wait``) is tested in process:
+``tests/integration/api/test_responses.py``."""
 
 from __future__ import annotations
 
@@ -74,26 +76,6 @@ def test_binary_bodies_come_back_as_base64_and_large_ones_truncated(
     data = api.get(f"/tasks/{large}/response").json()
     assert data["truncated"] is True
     assert data["body"] == "x" * 65536  # NTQ_MAX_RESPONSE_BYTES default
-
-
-def test_no_response_before_any_attempt(api: Api, hook: HookServer) -> None:
-    task_id = enqueue(api, hook.script("/later"), delay=60)
-    response = api.get(f"/tasks/{task_id}/response")
-    assert response.status_code == 404, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    assert response.json()["error"]["code"]
-
-    started = time.monotonic()
-    waited = api.get(f"/tasks/{task_id}/response", params={"wait": 1}, timeout=10)
-    assert waited.status_code == 404
-    assert 0.9 <= time.monotonic() - started < 3.0, "?wait=1 did not wait about 1 s"
-
-    assert api.get(f"/tasks/{task_id}/attempts").json()["attempts"] == []
-    for bad in ("-1", "abc", "100000"):
-        assert api.get(f"/tasks/{task_id}/response", params={"wait": bad}).status_code == 400
-    unknown = "/tasks/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/response"
-    assert api.get(unknown).status_code == 404
-    assert api.get("/tasks/not-a-uuid/attempts").status_code == 404
 
 
 def test_attempts_are_listed_oldest_first_and_linked(api: Api, hook: HookServer) -> None:

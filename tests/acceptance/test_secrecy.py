@@ -1,7 +1,7 @@
 """Secrets stay secret (SPEC §5, issue 4 item 5): a full run — deliveries, failures,
 retries, a replay, a cancellation, callbacks, rejected requests — logs no body, no
-pass-through header value, no API key and no signing secret. HSTS only when enabled;
-``X-Forwarded-Proto: https`` makes ``Location`` and links https."""
+pass-through header value, no API key and no signing secret. HSTS and
+``X-Forwarded-Proto`` are tested in process: ``tests/integration/api/test_secrecy.py``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import base64
 import json
 import socket
 import uuid
-from typing import Any
 
 import requests
 from sqlalchemy import Engine
@@ -137,98 +136,3 @@ def test_credentials_in_webhook_urls_are_not_logged(api: Api, stack: Stack) -> N
     leaked = [name for name, value in {"query token": token, "password": password}.items()
               if value in logs]
     assert leaked == [], f"leaked into the logs: {leaked}"
-
-
-# ---------------------------------------------------------------------------------------
-# HSTS and X-Forwarded-Proto
-
-
-def sample_responses(api: Api, stack: Stack) -> dict[str, tuple[int, dict[str, str]]]:
-    """Status and headers of a spread of responses: success, errors, unauthenticated."""
-    created = api.enqueue("http://example.com/hook", b"x", delay=3600)
-    task_id = created.json()["id"]
-    responses = {
-        "enqueue": created,
-        "task": api.get(f"/tasks/{task_id}"),
-        "descriptor": api.get("/"),
-        "list": api.get("/tasks"),
-        "not found": api.get(f"/tasks/{uuid.uuid4()}"),
-        "bad request": api.enqueue("javascript:alert(1)"),
-        "unauthorized": requests.get(stack.url + "/tasks", timeout=10),
-        "health": requests.get(stack.url + "/healthz", timeout=10),
-    }
-    out = {name: (r.status_code, dict(r.headers)) for name, r in responses.items()}
-    for response in responses.values():
-        response.close()  # an open connection would hold up the web's graceful stop
-    return out
-
-
-def test_no_hsts_by_default(api: Api, stack: Stack) -> None:
-    for name, (_, headers) in sample_responses(api, stack).items():
-        assert "Strict-Transport-Security" not in headers, name
-
-
-def test_hsts_on_every_response_when_enabled(
-        stack: Stack, creds: Credentials) -> None:
-    stack.web(NTQ_ENABLE_HSTS="true")
-    api = Api(stack.url, creds.api_key)
-    for name, (status, headers) in sample_responses(api, stack).items():
-        hsts = headers.get("Strict-Transport-Security", "")
-        assert "max-age=" in hsts, (name, status, headers)
-        assert int(hsts.split("max-age=")[1].split(";")[0]) >= 86400, hsts
-    api.http.close()
-
-
-def links_of(response: requests.Response) -> list[str]:
-    """Every absolute URL in the Location and Link headers and the JSON body."""
-    found = []
-    if "Location" in response.headers:
-        found.append(response.headers["Location"])
-    for part in response.headers.get("Link", "").split(","):
-        if "<" in part:
-            found.append(part.split("<", 1)[1].split(">", 1)[0])
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif isinstance(value, str) and value.startswith(("http://127.", "https://127.")):
-            found.append(value)
-
-    walk(response.json())
-    return found
-
-
-def test_forwarded_proto_https_makes_location_and_links_https(api: Api, stack: Stack) -> None:
-    https = {"X-Forwarded-Proto": "https"}
-    host = stack.url.removeprefix("http://")
-    created = api.enqueue("http://example.com/hook", b"x", headers=https, delay=3600)
-    assert created.status_code == 201
-    task_id = created.json()["id"]
-    api.enqueue("http://example.com/hook", b"y", delay=3600)
-    assert created.headers["Location"] == f"https://{host}/tasks/{task_id}"
-    responses = {
-        "enqueue": created,
-        "task": api.get(f"/tasks/{task_id}", headers=https),
-        "descriptor": api.get("/", headers=https),
-        "list with next page": api.get("/tasks", params={"limit": "1"}, headers=https),
-        "attempts": api.get(f"/tasks/{task_id}/attempts", headers=https),
-        "push": api.post(f"/tasks/{task_id}/push", headers=https),
-        "structured": api.post("/tasks", json={"url": "http://example.com/z", "delay": 3600},
-                               headers=https),
-    }
-    for name, response in responses.items():
-        urls = links_of(response)
-        assert urls, name
-        assert all(u.startswith(f"https://{host}/") for u in urls), (name, urls)
-    assert responses["list with next page"].json()["next"].startswith("https://")
-
-    # Without the header (or with a value that is not a scheme) links stay http.
-    for headers in ({}, {"X-Forwarded-Proto": "javascript"}, {"X-Forwarded-Proto": "ftp"}):
-        plain = api.get(f"/tasks/{task_id}", headers=headers)
-        urls = links_of(plain)
-        assert urls
-        assert all(u.startswith(f"http://{host}/") for u in urls), (headers, urls)

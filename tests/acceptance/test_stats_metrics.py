@@ -1,13 +1,13 @@
 """``GET /stats`` (per application) and ``GET /metrics`` (Prometheus, summed over every
 process in PostgreSQL) match what the test did (issue 3, SPEC §3), with the web and two
-workers as separate processes; Prometheus's ``promtool`` accepts ``/metrics`` (issue 10)."""
+workers as separate processes; Prometheus's ``promtool`` accepts ``/metrics`` (issue 10).
+Which of them need a key is tested in process: ``tests/integration/api/test_stats_metrics.py``."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-import requests
 from sqlalchemy import Engine
 
 from ntq.store import apps
@@ -100,15 +100,6 @@ def test_stats_and_metrics_match_what_happened(
     assert buckets == sorted(buckets), "histogram buckets are not cumulative"
     assert sample["ntq_tasks_pending"] == 2
     assert sample["ntq_tasks_due_now"] == 0
-
-
-def test_stats_needs_an_api_key_and_metrics_does_not(api: Api, stack: Stack) -> None:
-    assert requests.get(stack.url + "/metrics", timeout=10).status_code == 200
-    for headers in ({}, {"Authorization": "Bearer ntq_wrong"}, {"NTQ-API-Key": "nope"}):
-        response = requests.get(stack.url + "/stats", headers=headers, timeout=10)
-        assert response.status_code == 401, (headers, response.text)
-        assert response.json()["error"]["code"]
-    assert api.get("/stats").status_code == 200
 
 
 def test_promtool_accepts_metrics_after_real_deliveries(

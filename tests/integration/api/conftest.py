@@ -1,0 +1,81 @@
+"""The HTTP API in process: ``make_app(settings)`` on the migrated test database and the test
+Redis, driven through WebTest. Each test starts from empty tables and Redis, with the
+application ``creds`` (``tests/conftest.py``) and ``api``, a client authenticated as it.
+
+A module that needs other settings overrides ``api_settings``; each distinct ``Settings``
+gets one app for the whole session, so its connection pools are made once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from webtest import TestApp
+
+from ntq.config import Settings
+from ntq.store import apps
+from ntq.store.apps import Credentials
+from ntq.web.app import make_app
+
+HOST = "127.0.0.1:8080"  # what links and ``Location`` are built from
+Client = Callable[[str | None], TestApp]
+
+
+@pytest.fixture(scope="session")
+def wsgi_apps() -> dict[Settings, Any]:
+    """Settings -> the app built for them, for the session."""
+    return {}
+
+
+@pytest.fixture
+def api_settings(settings: Settings) -> Settings:
+    """The settings the app under test runs with (a module overrides this)."""
+    return settings
+
+
+@pytest.fixture
+def client(api_settings: Settings, wsgi_apps: dict[Settings, Any]) -> Client:
+    """A new WebTest client of the app, presenting ``key`` as a bearer token (or nothing)."""
+    if api_settings not in wsgi_apps:
+        wsgi_apps[api_settings] = make_app(api_settings)
+    app = wsgi_apps[api_settings]
+
+    def new(key: str | None) -> TestApp:
+        test_app = TestApp(app, extra_environ={"HTTP_HOST": HOST})
+        if key is not None:
+            test_app.authorization = ("Bearer", key)
+        return test_app
+
+    return new
+
+
+@pytest.fixture
+def web(client: Client) -> TestApp:
+    """A client without an API key."""
+    return client(None)
+
+
+@pytest.fixture
+def api(client: Client, creds: Credentials) -> TestApp:
+    """A client authenticated as the test application."""
+    return client(creds.api_key)
+
+
+@pytest.fixture
+def new_app(engine: Engine, clean: None) -> Callable[[str], Credentials]:
+    """Another application, by name."""
+
+    def create(name: str) -> Credentials:
+        with engine.begin() as conn:
+            return apps.create(conn, name)
+
+    return create
+
+
+def count_rows(engine: Engine, table: str = "tasks") -> int:
+    """How many rows ``table`` holds, over every application."""
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
