@@ -205,6 +205,9 @@ RESPONSES: dict[str, Schema] = {
     "Conflict": error("The task is not in a state that allows this."),
     "TooLarge": error("The body or the batch is too large."),
     "BodyTimeout": error("The request body did not arrive in time."),
+    "UriTooLong": error("The request line (the path and query string) is longer than "
+                        "8,190 bytes; send long URLs to POST /tasks instead."),
+    "HeadersTooLarge": error("Too many headers, or one longer than 8,190 bytes."),
     "Unavailable": error("PostgreSQL is unreachable, read-only or busy; retry later.",
                          **{"Retry-After": header(f"seconds to wait (here {DB_RETRY_AFTER})",
                                                   {**INTEGER, "minimum": 0})}),

@@ -41,7 +41,7 @@ def shared(*names: str) -> dict[str, Schema]:
     """Error responses from the components, by status."""
     statuses = {"BadRequest": "400", "Unauthorized": "401", "NotFound": "404",
                 "BodyTimeout": "408", "Conflict": "409", "TooLarge": "413",
-                "Unavailable": "503"}
+                "UriTooLong": "414", "HeadersTooLarge": "431", "Unavailable": "503"}
     return {statuses[name]: ref(name, "responses") for name in names}
 
 
@@ -55,6 +55,17 @@ TASK_ID = {"name": "id", "in": "path", "required": True,
 TASK = ref("Task")
 NO_CONTENT = {"204": {"description": "Done."}}
 READ = ("Unauthorized", "NotFound", "Unavailable")
+
+
+# What a client can do next with the task an operation answered (OpenAPI links).
+TASK_LINKS = {operation: {"operationId": operation, "parameters": {"id": "$response.body#/id"}}
+              for operation in ("getTask", "cancelTask", "getResponse", "forgetResponses",
+                                "listAttempts", "retryTask", "pushTask")}
+
+
+def task_answer(description: str, **headers: Schema) -> Schema:
+    """A response whose body is one task, with links to the task's operations."""
+    return {**json_body(TASK, description, Link=LINK, **headers), "links": TASK_LINKS}
 
 
 def enqueue_query(settings: Settings) -> Schema:
@@ -80,10 +91,11 @@ def enqueue_query(settings: Settings) -> Schema:
                                     "text/plain": {"schema": STRING},
                                     "application/json": {}}},
         "responses": {
-            "201": json_body(TASK, "Created.", Location=LOCATION, Link=LINK),
-            "200": json_body(TASK, "The task enqueued before with this Idempotency-Key.",
-                             Location=LOCATION, Link=LINK),
-            **shared("BadRequest", "Unauthorized", "BodyTimeout", "TooLarge", "Unavailable"),
+            "201": task_answer("Created.", Location=LOCATION),
+            "200": task_answer("The task enqueued before with this Idempotency-Key.",
+                               Location=LOCATION),
+            **shared("BadRequest", "Unauthorized", "BodyTimeout", "TooLarge", "HeadersTooLarge",
+                     "Unavailable"),
         },
     }
 
@@ -139,7 +151,7 @@ def task_operations() -> dict[str, Schema]:
     return {
         "get": {
             "operationId": "getTask", "tags": ["tasks"], "summary": "A task",
-            "responses": {"200": json_body(TASK, "The task.", Link=LINK), **shared(*READ)},
+            "responses": {"200": task_answer("The task."), **shared(*READ)},
         },
         "delete": {
             "operationId": "cancelTask", "tags": ["tasks"], "summary": "Cancel a task",
@@ -192,13 +204,13 @@ def task_actions() -> dict[str, Schema]:
             "summary": "Replay a FAILED or CANCELLED task",
             "description": "Back to PENDING, due now, with a fresh retry budget; the "
                            "history is kept.",
-            "responses": {"200": json_body(TASK, "The task, PENDING again.", Link=LINK),
+            "responses": {"200": task_answer("The task, PENDING again."),
                           **shared("Unauthorized", "NotFound", "Conflict", "Unavailable")},
         }},
         "/tasks/{id}/push": {"parameters": [TASK_ID], "post": {
             "operationId": "pushTask", "tags": ["tasks"],
             "summary": "Wake the workers for a task again (nTorque's push)",
-            "responses": {"201": json_body(TASK, "Pushed.", Location=LOCATION, Link=LINK),
+            "responses": {"201": task_answer("Pushed.", Location=LOCATION),
                           **shared(*READ)},
         }},
     }
@@ -254,15 +266,26 @@ def operations() -> dict[str, Schema]:
     }
 
 
+def with_long_lines(paths: dict[str, Schema]) -> dict[str, Schema]:
+    """Every operation with a parameter in its path or query may meet the web server's
+    limit on the request line (414), answered before ntq sees the request."""
+    for item in paths.values():
+        for method, operation in item.items():
+            if method != "parameters" and (item.get("parameters")
+                                           or operation.get("parameters")):
+                operation["responses"].update(shared("UriTooLong"))
+    return paths
+
+
 def paths(settings: Settings) -> dict[str, Schema]:
-    return {
+    return with_long_lines({
         "/": root(settings),
         "/tasks": {"get": list_tasks(), "post": enqueue_json()},
         "/tasks/{id}": {"parameters": [TASK_ID], **task_operations()},
         "/tasks/{id}/response": {"parameters": [TASK_ID], **response_operations()},
         **task_actions(),
         **operations(),
-    }
+    })
 
 
 def build(settings: Settings) -> dict[str, Any]:
