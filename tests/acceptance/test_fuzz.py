@@ -29,9 +29,11 @@ CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conform
           "unsupported_method", "ignored_auth")
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 EXAMPLES = int(os.environ.get("NTQ_FUZZ_EXAMPLES", "50"))
+# About a second per example here (2 cores), with room to spare.
+TIMEOUT = 300 + 3 * EXAMPLES
 
 
-def schemathesis(stack: Stack, key: str, report: Path) -> subprocess.CompletedProcess[str]:
+def schemathesis(stack: Stack, key: str, workdir: Path) -> subprocess.CompletedProcess[str]:
     """``st run`` over the whole document. One worker: hypothesis parses lambdas' source
     with ``ast``, which CPython 3.11 can fail to do from two threads at once
     (python/cpython#106905: "AST constructor recursion depth mismatch")."""
@@ -41,11 +43,12 @@ def schemathesis(stack: Stack, key: str, report: Path) -> subprocess.CompletedPr
          "--checks", ",".join(CHECKS),
          "--max-examples", str(EXAMPLES), "--header", f"Authorization: Bearer {key}",
          "--workers", "1", "--request-timeout", "70", "--no-color",
-         "--report", "junit", "--report-dir", str(report)],
-        capture_output=True, text=True, timeout=1800, check=False,
-        env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+         "--report", "junit", "--report-dir", str(workdir)],
+        # In the test's directory: schemathesis and hypothesis keep caches where they run.
+        cwd=workdir, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 
+@pytest.mark.timeout(TIMEOUT + 60)
 def test_schemathesis_finds_no_failure(stack: Stack, app: tuple[Api, Credentials],
                                        tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,5 +57,4 @@ def test_schemathesis_finds_no_failure(stack: Stack, app: tuple[Api, Credentials
     with capsys.disabled():
         print(f"\n--- schemathesis ({EXAMPLES} examples per operation)\n{result.stdout}"
               f"{result.stderr}")
-    assert result.returncode == 0, "schemathesis found failures (summary above)"
-    assert "No issues found" in result.stdout or "passed" in result.stdout
+    assert result.returncode == 0, "schemathesis found failures (its summary is above)"
