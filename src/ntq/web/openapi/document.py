@@ -37,12 +37,15 @@ def json_body(schema: Schema, description: str, **headers: Schema) -> Schema:
     return response
 
 
+# The status of each error response in the components.
+STATUS_OF = {"BadRequest": "400", "Unauthorized": "401", "NotFound": "404",
+             "BodyTimeout": "408", "Conflict": "409", "TooLarge": "413", "UriTooLong": "414",
+             "HeadersTooLarge": "431", "Unavailable": "503"}
+
+
 def shared(*names: str) -> dict[str, Schema]:
     """Error responses from the components, by status."""
-    statuses = {"BadRequest": "400", "Unauthorized": "401", "NotFound": "404",
-                "BodyTimeout": "408", "Conflict": "409", "TooLarge": "413",
-                "UriTooLong": "414", "HeadersTooLarge": "431", "Unavailable": "503"}
-    return {statuses[name]: ref(name, "responses") for name in names}
+    return {STATUS_OF[name]: ref(name, "responses") for name in names}
 
 
 def query(name: str, schema: Schema, description: str = "", required: bool = False) -> Schema:
@@ -55,8 +58,6 @@ TASK_ID = {"name": "id", "in": "path", "required": True,
 TASK = ref("Task")
 NO_CONTENT = {"204": {"description": "Done."}}
 READ = ("Unauthorized", "NotFound", "Unavailable")
-
-
 # What a client can do next with the task an operation answered (OpenAPI links).
 TASK_LINKS = {operation: {"operationId": operation, "parameters": {"id": "$response.body#/id"}}
               for operation in ("getTask", "cancelTask", "getResponse", "forgetResponses",
