@@ -139,6 +139,9 @@ def test_installed_wheel_migrates_serves_and_delivers_from_an_empty_directory(
                                 params={"url": hook.script("/package")}, data=b"from a wheel",
                                 headers={"Authorization": f"Bearer {key}"}, timeout=10)
         assert created.status_code == 201, created.text
+        reference = requests.get(f"http://127.0.0.1:{port}/docs", timeout=10)
+        assert reference.status_code == 200, reference.text
+        assert ".method" in reference.text  # the stylesheet shipped in the package
         (received,) = hook.wait_for(1, "/package", timeout=30)
         assert received.body == b"from a wheel"
     finally:

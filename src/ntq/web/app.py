@@ -45,6 +45,7 @@ def make_app(settings: Settings, pool_size: int = 10) -> Any:
     _include_db(config, make_session_factory(engine))
     config.include("ntq.web.tweens")
     config.include("ntq.web.api")
+    config.include("ntq.web.openapi")
     return config.make_wsgi_app()
 
 

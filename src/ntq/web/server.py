@@ -136,6 +136,9 @@ def options(settings: Settings, host: str, workers: int) -> dict[str, Any]:
         "errorlog": "-",
         "logger_class": PropagatingLogger,
         "loglevel": "warning",
+        # The longest request line gunicorn allows, so that POST /'s query string holds a
+        # url and a callback of the longest length accepted (2,048 characters each).
+        "limit_request_line": 8190,
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
         "proc_name": "ntq-web",

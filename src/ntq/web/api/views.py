@@ -210,12 +210,12 @@ def push_task(request: Request) -> Response:
                          Location=request.route_url("task", id=str(task.id)))
 
 
-@view_config(route_name="healthz")
+@view_config(route_name="healthz", request_method="GET")
 def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-@view_config(route_name="readyz")
+@view_config(route_name="readyz", request_method="GET")
 def readyz(request: Request) -> Response:
     """PostgreSQL reachable and writable, and Redis reachable: 200; otherwise 503 naming
     what is down (or read-only)."""
