@@ -1,6 +1,7 @@
 """The HTTP API in process: ``make_app(settings)`` on the migrated test database and the test
 Redis, driven through WebTest. Each test starts from empty tables and Redis, with the
 application ``creds`` (``tests/conftest.py``) and ``api``, a client authenticated as it.
+Every response is held to the app's own OpenAPI document (``tests/support/openapi.py``).
 
 A module that needs other settings overrides ``api_settings``; each distinct ``Settings``
 gets one app for the whole session, so its connection pools are made once.
@@ -19,14 +20,15 @@ from ntq.config import Settings
 from ntq.store import apps
 from ntq.store.apps import Credentials
 from ntq.web.app import make_app
+from tests.support.openapi import CheckedApp
 
 HOST = "127.0.0.1:8080"  # what links and ``Location`` are built from
 Client = Callable[[str | None], TestApp]
 
 
 @pytest.fixture(scope="session")
-def wsgi_apps() -> dict[Settings, Any]:
-    """Settings -> the app built for them, for the session."""
+def wsgi_apps() -> dict[Settings, tuple[Any, dict[str, Any]]]:
+    """Settings -> the app built for them and its OpenAPI document, for the session."""
     return {}
 
 
@@ -37,14 +39,16 @@ def api_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def client(api_settings: Settings, wsgi_apps: dict[Settings, Any]) -> Client:
+def client(api_settings: Settings, wsgi_apps: dict[Settings, tuple[Any, dict[str, Any]]]
+           ) -> Client:
     """A new WebTest client of the app, presenting ``key`` as a bearer token (or nothing)."""
     if api_settings not in wsgi_apps:
-        wsgi_apps[api_settings] = make_app(api_settings)
-    app = wsgi_apps[api_settings]
+        app = make_app(api_settings)
+        wsgi_apps[api_settings] = app, TestApp(app).get("/openapi.json").json
+    app, document = wsgi_apps[api_settings]
 
     def new(key: str | None) -> TestApp:
-        test_app = TestApp(app, extra_environ={"HTTP_HOST": HOST})
+        test_app = CheckedApp(app, document, extra_environ={"HTTP_HOST": HOST})
         if key is not None:
             test_app.authorization = ("Bearer", key)
         return test_app
