@@ -192,6 +192,20 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     return settings
 
 
+def option_default(variable: str, default: str | None = None) -> str | None:
+    """The raw value of ``variable``, for a command-line option that defaults to it
+    (``NTQ_HOST``, ``NTQ_BENCH_*``: options of one command, not settings of the service)."""
+    return os.environ.get(variable, default)
+
+
+def option_flag(variable: str) -> bool:
+    """``variable`` as an on/off option default: anything but a true value is off."""
+    try:
+        return _bool(os.environ.get(variable, ""))
+    except ValueError:
+        return False
+
+
 def parser(variable: str) -> Callable[[str], Any]:
     """How ``variable`` is parsed and checked, for a command-line option that sets the same
     thing (a bad value raises ValueError saying what is expected)."""

@@ -16,7 +16,7 @@ from requests.adapters import HTTPAdapter
 from ntq import __version__, signing
 from ntq.backoff import Backoff, parse_retry_after
 from ntq.config import Settings
-from ntq.records import Acquired, AttemptResult, Verdict
+from ntq.records import Acquired, AttemptResult, Outcome, Verdict
 from ntq.store.transitions import NOTICE_TIMEOUT
 from ntq.urlsafety import AddressPolicy, BlockedAddress, guarded_pool_classes
 
@@ -197,14 +197,14 @@ def classify(task: Acquired, result: AttemptResult, settings: Settings) -> Verdi
     """The outcome rules: 2xx completes, transient trouble retries, the rest fails."""
     code = result.status_code
     if code is not None and 200 <= code < 300:
-        return Verdict("complete")
+        return Verdict(Outcome.COMPLETE)
     error = result.error or f"HTTP {code} {result.reason or ''}".rstrip()
     transient = code is None or code >= 500 or code in settings.transient_request_errors
     if code == 410 or result.permanent or not transient:
-        return Verdict("fail", error=error)
+        return Verdict(Outcome.FAIL, error=error)
     if task.retry_count > task.max_retries:
-        return Verdict("fail", error=f"out of retries: {error}")
-    return Verdict("retry", error=error, delay=_retry_delay(task, result, settings))
+        return Verdict(Outcome.FAIL, error=f"out of retries: {error}")
+    return Verdict(Outcome.RETRY, error=error, delay=_retry_delay(task, result, settings))
 
 
 def _retry_delay(task: Acquired, result: AttemptResult, settings: Settings) -> float:

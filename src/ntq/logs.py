@@ -18,17 +18,18 @@ import structlog
 
 class Lossy:
     """``stream``, except that what it cannot take is dropped: a closed terminal or a reader
-    gone must not stop a process that logs (it may be in the middle of shutting down)."""
+    gone must not stop a process that logs (it may be in the middle of shutting down). A
+    closed file object raises ValueError, not OSError."""
 
     def __init__(self, stream: IO[Any]) -> None:
         self.stream = stream
 
     def write(self, data: Any) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             self.stream.write(data)
 
     def flush(self) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             self.stream.flush()
 
 

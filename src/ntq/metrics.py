@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ntq.records import Outcome
+from ntq.records import Outcome, Status
 from ntq.store.models import Count
 
 log = structlog.get_logger(__name__)
@@ -44,7 +44,8 @@ log = structlog.get_logger(__name__)
 # Upper bounds (seconds) of the attempt-duration histogram's buckets.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OUTCOMES = tuple(str(outcome) for outcome in Outcome)
-TERMINAL_COUNTERS = {"COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "cancelled"}
+TERMINAL_COUNTERS = {Status.COMPLETED: "completed", Status.FAILED: "failed",
+                     Status.CANCELLED: "cancelled"}
 GAUGES = {
     "tasks_pending": "PENDING tasks of every application.",
     "tasks_due_now": "PENDING tasks whose due time has passed.",
@@ -65,7 +66,7 @@ def count_enqueued(counts: Counter[str], n: int) -> None:
     counts["enqueued"] += n
 
 
-def count_attempt(counts: Counter[str], outcome: str, elapsed_ms: int) -> None:
+def count_attempt(counts: Counter[str], outcome: Outcome, elapsed_ms: int) -> None:
     counts[f"attempts:{outcome}"] += 1
     seconds = elapsed_ms / 1000
     index = next((i for i, bound in enumerate(BUCKETS) if seconds <= bound), len(BUCKETS))
@@ -73,7 +74,7 @@ def count_attempt(counts: Counter[str], outcome: str, elapsed_ms: int) -> None:
     counts["duration_sum_ms"] += elapsed_ms
 
 
-def count_terminal(counts: Counter[str], status: str) -> None:
+def count_terminal(counts: Counter[str], status: Status) -> None:
     if status in TERMINAL_COUNTERS:
         counts[TERMINAL_COUNTERS[status]] += 1
 

@@ -109,7 +109,7 @@ class Acquired:
     @property
     def is_cancel_notice(self) -> bool:
         """True when this is not a delivery but the DELETE owed to a cancelled task."""
-        return self.status != "PENDING"
+        return self.status != Status.PENDING
 
     @classmethod
     def from_row(cls, row: Any) -> Acquired:
@@ -140,6 +140,12 @@ class AttemptResult:
 class Verdict:
     """What to do with a task after an attempt: complete, retry (after ``delay``) or fail."""
 
-    outcome: str  # "complete" | "retry" | "fail" | "interrupted"
+    decision: Outcome  # COMPLETE, RETRY, FAIL or INTERRUPTED
     error: str | None = None
     delay: float | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        """The outcome this verdict records for its attempt (unless the attempt is stale),
+        the name ``ntq.store.transitions`` reads."""
+        return self.decision

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-import redis
 import structlog
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -60,7 +59,7 @@ class Requeue:
     def _round_safely(self) -> bool:
         try:
             return self.round()
-        except (SQLAlchemyError, redis.RedisError) as exc:
+        except (SQLAlchemyError, notify.Unavailable) as exc:
             log.warning("requeue.round_failed", error=str(exc).splitlines()[0])
             return False
         except Exception:  # one bad row must not stop the poller that every task relies on

@@ -1,8 +1,8 @@
 """The worker: a bounded gevent pool fed by Redis wake-ups.
 
-One dispatcher greenlet waits for a free slot, BLPOPs task ids (taking more with LPOP while
-slots are free), acquires the due ones in one statement and spawns an attempt for each. A
-second greenlet promotes scheduled retries whose time has come; a third listens for
+One dispatcher greenlet waits for a free slot, takes task ids from the notifier (as many
+as there are free slots), acquires the due ones in one statement and spawns an attempt for
+each. A second greenlet promotes scheduled retries whose time has come; a third listens for
 cancellations and interrupts the attempts they name. Stop is two-staged: the first signal
 stops taking tasks and lets running attempts finish within the grace period; a second
 signal interrupts them (their leases expire and they are retried later).
@@ -14,20 +14,19 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import gevent
 import gevent.event
 import gevent.pool
 import gevent.queue
-import redis
 import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ntq import delivery, metrics, notify
 from ntq.config import Settings
-from ntq.records import Acquired, AttemptResult, Verdict
+from ntq.records import Acquired, AttemptResult, Outcome, Status, Verdict
 from ntq.store import db, transitions
 from ntq.store.db import transaction
 
@@ -37,8 +36,9 @@ T = TypeVar("T")
 MAX_BATCH = 100
 PROMOTE_INTERVAL = 0.1
 FINISH_RETRY_FOR = 60.0
-PING_EVERY = 3.0
-PONG_WAIT = 3.0
+
+# A finished attempt waiting to be recorded: the task, what the call produced, the verdict.
+Unrecorded = tuple[Acquired, AttemptResult, Verdict]
 
 
 class Cancelled(gevent.GreenletExit):  # type: ignore[misc]  # gevent is untyped
@@ -50,22 +50,19 @@ class Worker:
 
     def __init__(self, settings: Settings, engine: Engine, concurrency: int,
                  grace: float = 30.0) -> None:
-        assert settings.redis_url is not None
         self.settings = settings
         self.engine = engine
         self.grace = grace
         self.pool = gevent.pool.Pool(concurrency)
         self.session = delivery.make_session(settings, concurrency)
-        self.redis = notify.client(settings.redis_url, blocking=True)
-        self.notifier = notify.Notifier(settings, notify.client(settings.redis_url),
-                                        metrics.Tally(engine))
+        self.notifier = notify.connect(settings, metrics.Tally(engine))
         # task id -> (the greenlet attempting it, the task's application)
         self.running: dict[uuid.UUID, tuple[gevent.Greenlet, uuid.UUID | None]] = {}
         self.stopping = gevent.event.Event()
         self.stopped = gevent.event.Event()
         self.helpers: list[gevent.Greenlet] = []
         # Finished attempts wait here to be recorded in batches (one transaction each).
-        self.outcomes: gevent.queue.JoinableQueue = gevent.queue.JoinableQueue()
+        self.unrecorded: gevent.queue.JoinableQueue = gevent.queue.JoinableQueue()
 
     def run(self) -> None:
         """Serve until :meth:`request_stop`, then drain and return."""
@@ -76,7 +73,7 @@ class Worker:
         self.stopping.wait()
         dispatcher.kill()
         self._drain()
-        self.outcomes.join(timeout=FINISH_RETRY_FOR)  # record what the attempts produced
+        self.unrecorded.join(timeout=FINISH_RETRY_FOR)  # record what the attempts produced
         gevent.killall(self.helpers)
         self.stopped.set()
         log.info("worker.stop")
@@ -99,9 +96,9 @@ class Worker:
         while not self.stopping.is_set():
             self.pool.wait_available()
             try:
-                ids = self._take(self.pool.free_count())
+                ids = self.notifier.take(self.pool.free_count())
                 tasks = self._acquire(ids) if ids else []
-            except (redis.RedisError, SQLAlchemyError) as exc:
+            except (notify.Unavailable, SQLAlchemyError) as exc:
                 log.warning("worker.dispatch_failed", error=str(exc).splitlines()[0])
                 gevent.sleep(1)
                 continue
@@ -120,18 +117,6 @@ class Worker:
             self.running[task.id][0].kill(Cancelled, block=False)
         self.pool.spawn(self._notice, task)
 
-    def _take(self, free: int) -> list[uuid.UUID]:
-        """Wait for an id, then take up to ``free`` in all: one round trip, since Redis
-        runs the pipeline's LPOP only once its BLPOP has been served."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.blpop([self.settings.queue_key], timeout=notify.BLOCKING_WAIT)
-        if free > 1:
-            pipe.lpop(self.settings.queue_key, min(free - 1, MAX_BATCH))
-        popped, *more = pipe.execute()
-        if popped is None:
-            return []
-        return _parse_ids([popped[1], *(more[0] if more and more[0] else [])])
-
     def _acquire(self, ids: list[uuid.UUID]) -> list[Acquired]:
         # One statement (autocommit: no BEGIN), on a fresh connection if its own was lost.
         return db.retrying(self.engine, lambda conn: transitions.acquire(conn, ids))
@@ -143,7 +128,7 @@ class Worker:
         except Cancelled:
             result = AttemptResult(method=task.method, started=datetime.now(UTC),
                                    elapsed_ms=0, error="interrupted: task cancelled")
-            self._finish(task, result, Verdict("interrupted"))
+            self._finish(task, result, Verdict(Outcome.INTERRUPTED))
             return
         except Exception as exc:
             # Escaping, it would leave the attempt unrecorded: the task would come back
@@ -154,7 +139,7 @@ class Worker:
         finally:
             self.running.pop(task.id, None)
         verdict = delivery.classify(task, result, self.settings)
-        log.info("worker.attempt", outcome=verdict.outcome, status_code=result.status_code,
+        log.info("worker.attempt", outcome=verdict.decision, status_code=result.status_code,
                  elapsed_ms=result.elapsed_ms, error=result.error)
         self._finish(task, result, verdict)
 
@@ -164,28 +149,28 @@ class Worker:
         result = delivery.send_cancel_notice(self.session, task)
         log.info("worker.cancel_notice", status_code=result.status_code, error=result.error)
         if self._write(lambda conn: transitions.finish_notice(conn, task, result), atomic=True):
-            self.notifier.attempted([notify.Attempted(task.id, "cancel_notice",
+            self.notifier.attempted([notify.Attempted(task.id, Outcome.CANCEL_NOTICE,
                                                       result.elapsed_ms)])
 
     def _finish(self, task: Acquired, result: AttemptResult, verdict: Verdict) -> None:
-        self.outcomes.put((task, result, verdict))
+        self.unrecorded.put((task, result, verdict))
 
     def _finish_loop(self) -> None:
         """Record finished attempts in batches: whatever has queued up while the previous
         batch was being written goes into the next transaction."""
         while True:
-            batch = [self.outcomes.get()]
-            while len(batch) < MAX_BATCH and not self.outcomes.empty():
-                batch.append(self.outcomes.get_nowait())
+            batch = [self.unrecorded.get()]
+            while len(batch) < MAX_BATCH and not self.unrecorded.empty():
+                batch.append(self.unrecorded.get_nowait())
             try:
                 self._record(batch)
             except Exception:  # unrecorded, the leases expire and the tasks are retried
                 log.exception("worker.record_failed", count=len(batch))
             finally:
                 for _ in batch:
-                    self.outcomes.task_done()
+                    self.unrecorded.task_done()
 
-    def _record(self, batch: list[transitions.Outcome]) -> None:
+    def _record(self, batch: list[Unrecorded]) -> None:
         # One statement records the batch; creating callback tasks adds more, which
         # must commit with it.
         finished = self._write(lambda conn: transitions.finish_many(conn, batch),
@@ -194,11 +179,13 @@ class Worker:
             return  # the leases expire and the tasks are attempted again
         events = []
         for (task, result, verdict), done in zip(batch, finished, strict=True):
-            if done.outcome == "stale":
+            outcome = Outcome(done.outcome)
+            status = Status(done.status) if done.status is not None else None
+            if outcome == Outcome.STALE:
                 log.info("worker.stale_attempt", task_id=str(task.id))
-            retry_at = time.time() + (verdict.delay or 0) if done.status == "PENDING" else None
-            events.append(notify.Attempted(task.id, done.outcome, result.elapsed_ms,
-                                           done.status, retry_at, done.callback_id))
+            retry_at = time.time() + (verdict.delay or 0) if status == Status.PENDING else None
+            events.append(notify.Attempted(task.id, outcome, result.elapsed_ms, status,
+                                           retry_at, done.callback_id))
         self.notifier.attempted(events)
 
     def _write(self, action: Callable[[Connection], T], atomic: bool = False) -> T | None:
@@ -223,7 +210,7 @@ class Worker:
         while True:
             try:
                 self.notifier.promote_due()
-            except redis.RedisError as exc:
+            except notify.Unavailable as exc:
                 log.warning("worker.promote_failed", error=str(exc))
                 gevent.sleep(1)
             except Exception:  # the retries and delays it wakes must not stop with it
@@ -234,55 +221,21 @@ class Worker:
     def _cancel_loop(self) -> None:
         while True:
             try:
-                self._listen_for_cancels()
-            except redis.RedisError as exc:
+                for interrupt in self.notifier.interrupts():
+                    self._interrupt(interrupt)
+            except notify.Unavailable as exc:
                 log.warning("worker.cancel_listener_failed", error=str(exc))
                 gevent.sleep(1)
             except Exception:  # cancels must keep interrupting attempts after any one message
                 log.exception("worker.cancel_listener_failed")
                 gevent.sleep(1)
 
-    def _listen_for_cancels(self) -> None:
-        """Interrupt attempts named on the cancel channel. A silent connection (a Redis
-        gone without a FIN) is noticed by pinging, then the caller reconnects."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(self.settings.cancel_channel)
-        heard = pinged = time.monotonic()
-        try:
-            while True:
-                message = pubsub.get_message(timeout=1.0)
-                now = time.monotonic()
-                if message is not None:
-                    heard = now
-                    if message.get("type") == "message":
-                        self._interrupt(message.get("data"))
-                if now - pinged >= PING_EVERY:
-                    pubsub.ping()
-                    pinged = now
-                if now - heard > PING_EVERY + PONG_WAIT:
-                    raise redis.ConnectionError("the cancel channel went silent")
-        finally:
-            pubsub.close()
-
-    def _interrupt(self, data: Any) -> None:
-        """Kill the attempt the message names: a task id, or ``app:<id>`` for all of an
-        application's attempts (its tasks were deleted)."""
-        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
-        if text.startswith("app:"):
-            victims = [tid for tid, (_, app) in self.running.items() if str(app) == text[4:]]
+    def _interrupt(self, interrupt: notify.Interrupt) -> None:
+        """Kill the attempts a cancel broadcast names."""
+        if interrupt.whole_app:
+            victims = [tid for tid, (_, app) in self.running.items() if app == interrupt.app_id]
         else:
-            victims = [tid for tid in _parse_ids([text]) if tid in self.running]
+            victims = [tid for tid in self.running if tid == interrupt.task_id]
         for task_id in victims:
             log.info("worker.interrupt", task_id=str(task_id))
             self.running[task_id][0].kill(Cancelled, block=False)
-
-
-def _parse_ids(raw: list[Any]) -> list[uuid.UUID]:
-    ids = []
-    for value in raw:
-        try:
-            ids.append(uuid.UUID(value.decode() if isinstance(value, bytes) else str(value)))
-        except ValueError:
-            log.warning("worker.bad_hint")
-    return ids
-

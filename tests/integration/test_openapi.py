@@ -24,6 +24,7 @@ from ntq.store import transitions
 from ntq.store.apps import Credentials
 from ntq.web.api import auth, schemas
 from ntq.web.app import make_app
+from ntq.web.services import of
 from tests.support.openapi import (
     CheckedApp,
     documented,
@@ -39,9 +40,7 @@ HOOK = "https://example.com/hook"
 def wsgi(settings: Settings) -> Iterator[Any]:
     app = make_app(settings, pool_size=2)
     yield app
-    app.registry.ntq_notifier.tally.flush()  # now, while the test database exists
-    app.registry.ntq_engine.dispose()
-    app.registry.ntq_autocommit.dispose()
+    of(app.registry).close()  # now, while the test database exists
 
 
 @pytest.fixture
@@ -73,7 +72,6 @@ def test_every_route_is_documented_and_every_operation_routed(
 def test_a_route_added_without_documenting_it_is_caught(
         settings: Settings, document: dict[str, Any]) -> None:
     config = Configurator()
-    config.registry.ntq_settings = settings
     config.include("ntq.web.api")
     config.include("ntq.web.openapi")
     config.add_route("undocumented", "/tasks/{id}/priority")
@@ -164,7 +162,7 @@ def enqueue_responses_conform(web: CheckedApp) -> None:
     web.post(f"/?url={HOOK}&colour=red", status=400)
     web.post_json("/tasks", [{"url": HOOK}, {"url": HOOK, "priority": 1}], status=400)
     web.post("/tasks", b"{}", headers={"Content-Type": "text/plain"}, status=415)
-    web.post(f"/?url={HOOK}", b"x" * (web.app.registry.ntq_settings.max_body_bytes + 1),
+    web.post(f"/?url={HOOK}", b"x" * (of(web.app.registry).settings.max_body_bytes + 1),
              status=413)
     web.get(f"/tasks/{first['id']}", status=200)
 

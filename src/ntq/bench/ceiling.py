@@ -16,7 +16,6 @@ PostgreSQL's ceiling is measured with ``pgbench`` by :mod:`ntq.bench.scenarios`.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import uuid
@@ -66,8 +65,7 @@ def serve(kind: str) -> None:
         def load(self) -> Any:
             return app
 
-    workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-    Constant(settings, options(settings, "127.0.0.1", workers)).run()
+    Constant(settings, options(settings, "127.0.0.1", settings.web_concurrency)).run()
 
 
 def deliver(url: str, count: int, concurrency: int) -> dict[str, Any]:

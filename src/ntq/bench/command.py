@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ntq.config import ConfigError, Settings, load_settings
+from ntq.config import ConfigError, Settings, load_settings, option_default, option_flag
 
 SCENARIO_NAMES = ("enqueue", "batch", "end_to_end", "end_to_end_batch", "latency",
                   "concurrency", "ceilings")
@@ -53,29 +53,25 @@ SIZES: dict[str, tuple[str, Callable[[str], Any], Any, Any, str]] = {
 }
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The ``ntq bench`` options; each can also come from the environment variable named."""
-    parser.add_argument("--quick", action="store_true", default=_env_flag("NTQ_BENCH_QUICK"),
+    parser.add_argument("--quick", action="store_true", default=option_flag("NTQ_BENCH_QUICK"),
                         help="a small, fast run (env NTQ_BENCH_QUICK)")
     for name, (env, kind, full, quick, text) in SIZES.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=os.environ.get(env),
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=option_default(env),
                             help=f"{text} (env {env}, default {full:g}; --quick {quick:g})")
-    parser.add_argument("--only", default=os.environ.get("NTQ_BENCH_ONLY"),
+    parser.add_argument("--only", default=option_default("NTQ_BENCH_ONLY"),
                         help=f"comma-separated scenarios to run, from {', '.join(SCENARIO_NAMES)} "
                              "(env NTQ_BENCH_ONLY, default all)")
     parser.add_argument("--web-workers", type=int, default=None,
                         help="web processes (env WEB_CONCURRENCY, default 2)")
-    parser.add_argument("--json", type=Path, default=os.environ.get("NTQ_BENCH_JSON"),
+    parser.add_argument("--json", type=Path, default=option_default("NTQ_BENCH_JSON"),
                         help="write the figures as JSON here (env NTQ_BENCH_JSON); "
                              "without it, the JSON is printed last")
-    parser.add_argument("--log-dir", type=Path, default=os.environ.get("NTQ_BENCH_LOG_DIR"),
+    parser.add_argument("--log-dir", type=Path, default=option_default("NTQ_BENCH_LOG_DIR"),
                         help="keep the processes' logs here (env NTQ_BENCH_LOG_DIR; default: "
                              "a temporary directory, kept only if the run fails)")
-    parser.add_argument("--profile", type=Path, default=os.environ.get("NTQ_BENCH_PROFILE"),
+    parser.add_argument("--profile", type=Path, default=option_default("NTQ_BENCH_PROFILE"),
                         help="record py-spy profiles (collapsed stacks) of the web and worker "
                              "per scenario into this directory, each with a summary by package "
                              "and function (env NTQ_BENCH_PROFILE)")

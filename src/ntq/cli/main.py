@@ -4,21 +4,16 @@ gevent-based commands patch the process before anything else is imported."""
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ntq import __version__
-from ntq.config import ConfigError, Settings, load_settings, parser
+from ntq.config import ConfigError, Settings, load_settings, option_default, parser
 from ntq.embedded.lifetime import StartError
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _env_default(name: str, default: Any = None) -> Any:
-    return os.environ.get(name, default)
 
 
 def _checked(variable: str) -> Callable[[str], Any]:
@@ -173,7 +168,7 @@ def _bench_parser(sub: Any) -> None:
 
 
 def _web_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=_env_default("NTQ_HOST", "127.0.0.1"),
+    parser.add_argument("--host", default=option_default("NTQ_HOST", "127.0.0.1"),
                         help="address to listen on (env NTQ_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=_checked("PORT"), default=None,
                         help="port to listen on (env PORT, default 8080)")

@@ -34,11 +34,8 @@ def run_requeue(settings: Settings) -> None:
     from ntq.requeue import Requeue
 
     assert settings.database_url
-    assert settings.redis_url
     engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
-    notifier = notify.Notifier(settings, notify.client(settings.redis_url),
-                               metrics.Tally(engine))
-    poller = Requeue(settings, engine, notifier)
+    poller = Requeue(settings, engine, notify.connect(settings, metrics.Tally(engine)))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: poller.request_stop())
     poller.run()

@@ -9,6 +9,8 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 
+from ntq.web import services
+
 Handler = Callable[[Request], Response]
 
 HSTS = "max-age=31536000; includeSubDomains"
@@ -17,7 +19,7 @@ HSTS = "max-age=31536000; includeSubDomains"
 def https_tween_factory(handler: Handler, registry: Registry) -> Handler:
     """Honour ``X-Forwarded-Proto`` (links and ``Location`` use the client's scheme)
     and add Strict-Transport-Security when ``NTQ_ENABLE_HSTS`` is on."""
-    hsts = registry.ntq_settings.enable_hsts
+    hsts = services.of(registry).settings.enable_hsts
 
     def tween(request: Request) -> Response:
         proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()

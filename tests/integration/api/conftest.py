@@ -9,7 +9,7 @@ gets one app for the whole session, so its connection pools are made once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from ntq.config import Settings
 from ntq.store import apps
 from ntq.store.apps import Credentials
 from ntq.web.app import make_app
+from ntq.web.services import of
 from tests.support.openapi import CheckedApp
 
 HOST = "127.0.0.1:8080"  # what links and ``Location`` are built from
@@ -27,9 +28,13 @@ Client = Callable[[str | None], TestApp]
 
 
 @pytest.fixture(scope="session")
-def wsgi_apps() -> dict[Settings, tuple[Any, dict[str, Any]]]:
-    """Settings -> the app built for them and its OpenAPI document, for the session."""
-    return {}
+def wsgi_apps(migrated: str) -> Iterator[dict[Settings, tuple[Any, dict[str, Any]]]]:
+    """Settings -> the app built for them and its OpenAPI document, for the session (closed
+    before the test database goes)."""
+    built: dict[Settings, tuple[Any, dict[str, Any]]] = {}
+    yield built
+    for app, _ in built.values():
+        of(app.registry).close()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pyramid.request import Request
 
 from ntq.store import apps
 from ntq.web.api.errors import ApiError
+from ntq.web.services import services
 
 # nTorque's clients send NTORQUE_API_KEY (underscore); WSGI folds it to the same environ key
 # as NTORQUE-API-KEY, and the web server is configured to keep such headers.
@@ -46,7 +47,7 @@ def presented_key(request: Request) -> str | None:
 def checked_key(request: Request) -> str | None:
     """The presented API key, if it is well-formed; None when authentication is off.
     Raises 401 for a missing or malformed key (whether it is valid is the caller's check)."""
-    if not request.registry.ntq_settings.authenticate:
+    if not services(request).settings.authenticate:
         return None
     key = presented_key(request)
     if not key:

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
-import redis
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
 
 from ntq import serialize
+from ntq.records import Status
 from ntq.store import reads, transitions
-from ntq.store.models import PENDING
 from ntq.web.api import schemas
 from ntq.web.api.errors import ApiError
 from ntq.web.api.render import json_response, link_header, task_json, task_response
-from ntq.web.api.views import after_commit, owned_task
+from ntq.web.api.shared import after_commit, owned_task
+from ntq.web.services import services
 
 MAX_WAIT = 60
 
@@ -32,7 +31,7 @@ def cancel_task(request: Request) -> Response:
         raise ApiError(409, "not_pending", f"the task is already {task.status}")
     _, notice = cancelled
     callback_id = transitions.add_callback(request.db, task.id) if task.callback else None
-    notifier = request.registry.ntq_notifier
+    notifier = services(request).notifier
     after_commit(request, lambda: notifier.cancelled(task.id, callback_id, notice))
     return Response(status=204)
 
@@ -46,7 +45,7 @@ def retry_task(request: Request) -> Response:
         raise ApiError(409, "not_replayable",
                        f"only FAILED or CANCELLED tasks can be replayed; this one is "
                        f"{task.status}")
-    notifier = request.registry.ntq_notifier
+    notifier = services(request).notifier
     after_commit(request, lambda: notifier.enqueued([task.id], {}))
     return task_response(request, replayed)
 
@@ -57,7 +56,7 @@ def delete_all(request: Request) -> Response:
     send the DELETE notices owed (as a cancel would)."""
     app_id = request.caller.app_id
     notices = transitions.delete_all(request.db, app_id)
-    notifier = request.registry.ntq_notifier
+    notifier = services(request).notifier
     after_commit(request, lambda: notifier.deleted_all(app_id, notices))
     return Response(status=204)
 
@@ -69,7 +68,7 @@ def show_response(request: Request) -> Response:
     task = owned_task(request)
     wait = schemas.wait_seconds(request.GET.get("wait"), MAX_WAIT)
     status = task.status
-    if wait and status == PENDING:
+    if wait and status == Status.PENDING:
         status = _wait_finished(request, task.id, wait)
     row = transitions.latest_response(request.db, task.id)
     if row is None:
@@ -79,29 +78,16 @@ def show_response(request: Request) -> Response:
     return json_response(data, Link=link_header(task_json(request, task)["links"]))
 
 
-def _wait_finished(request: Request, wanted: uuid.UUID, wait: float) -> str:
+def _wait_finished(request: Request, wanted: uuid.UUID, wait: float) -> Status:
     """Wait for the task's terminal announcement; return its status then (or now)."""
     request.tm.commit()  # hold no database connection while waiting
     request.tm.begin()
-    settings = request.registry.ntq_settings
-    pubsub = request.registry.ntq_notifier.redis.pubsub(ignore_subscribe_messages=True)
-    try:
-        pubsub.subscribe(settings.finished_channel(wanted))
-        status = _status(request, wanted)  # it may have finished before we subscribed
-        deadline = time.monotonic() + wait
-        while status == PENDING and (left := deadline - time.monotonic()) > 0:
-            if pubsub.get_message(timeout=left) is not None:
-                status = _status(request, wanted)
-    except redis.RedisError:
-        status = _status(request, wanted)
-    finally:
-        pubsub.close()
-    return status
+    return services(request).notifier.wait_finished(wanted, wait, lambda: _status(request, wanted))
 
 
-def _status(request: Request, wanted: uuid.UUID) -> str:
+def _status(request: Request, wanted: uuid.UUID) -> Status:
     task = transitions.get(request.db, wanted, request.caller.app_id)
-    return task.status if task else PENDING
+    return Status(task.status) if task else Status.PENDING
 
 
 @view_config(route_name="task_response", request_method="DELETE")

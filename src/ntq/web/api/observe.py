@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import redis
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
 
-from ntq import metrics, notify
+from ntq import metrics
 from ntq.store import reads
 from ntq.web.api.render import json_response
+from ntq.web.services import services
 
 
 @view_config(route_name="stats", request_method="GET")
@@ -21,15 +21,8 @@ def stats(request: Request) -> Response:
 
 @view_config(route_name="metrics", request_method="GET")
 def prometheus(request: Request) -> Response:
-    """Counters every process adds to (kept in PostgreSQL), backlog gauges, and the length
-    of Redis's queue when Redis answers."""
-    gauges = {**reads.backlog_gauges(request.db), **_redis_gauges(request.registry.ntq_notifier)}
+    """Counters every process adds to (kept in PostgreSQL), backlog gauges, and the
+    notifier's own."""
+    gauges = {**reads.backlog_gauges(request.db), **services(request).notifier.gauges()}
     body = metrics.render(metrics.totals(request.db), gauges)
     return Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
-
-
-def _redis_gauges(notifier: notify.Notifier) -> dict[str, float]:
-    try:
-        return {"redis_queue_length": notifier.backlog(), "redis_up": 1}
-    except redis.RedisError:
-        return {"redis_up": 0}

@@ -9,6 +9,7 @@ from pyramid.response import Response
 
 from ntq import serialize
 from ntq.records import TaskView
+from ntq.web.api.auth import Caller
 
 
 def json_response(data: Any, status: int = 200, **headers: str) -> Response:
@@ -41,14 +42,17 @@ def link_header(links: dict[str, str]) -> str:
     return ", ".join(f'<{url}>; rel="{rel}"' for rel, url in links.items())
 
 
-def task_json(request: Request, task: TaskView) -> dict[str, Any]:
+def task_json(request: Request, task: TaskView, caller: Caller | None = None
+              ) -> dict[str, Any]:
+    """The task as JSON; ``caller`` is the task's application when already known (an
+    enqueue learns it from its own statement), else the request's ``caller``."""
     data = serialize.task_dict(task)
-    data["app"] = request.caller.name
+    data["app"] = (caller or request.caller).name
     data["links"] = task_links(request, data["id"])
     return data
 
 
 def task_response(request: Request, task: TaskView, status: int = 200,
-                  **headers: str) -> Response:
-    data = task_json(request, task)
+                  caller: Caller | None = None, **headers: str) -> Response:
+    data = task_json(request, task, caller)
     return json_response(data, status, Link=link_header(data["links"]), **headers)

@@ -1,14 +1,14 @@
 """Thin views: parse, call the store, render. The transaction belongs to pyramid_tm;
-Redis is told only after it commits."""
+the notifier is told only after it commits."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TypeVar
 
 import gevent
-import redis
 import structlog
 from gunicorn.http.errors import ParseException
 from pyramid.request import Request
@@ -18,24 +18,16 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ntq import __version__
 from ntq.records import NewTask, TaskView
-from ntq.store import db, enqueue, transitions
+from ntq.store import db, enqueue
 from ntq.web.api import auth, schemas
 from ntq.web.api.errors import ApiError
 from ntq.web.api.render import json_response, task_json, task_response
+from ntq.web.api.shared import after_commit, owned_task
+from ntq.web.services import services
 
 T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
-
-
-def after_commit(request: Request, action: Callable[[], Any]) -> None:
-    """Run ``action`` once the request's transaction has committed (never before)."""
-
-    def hook(committed: bool) -> None:
-        if committed:
-            action()
-
-    request.tm.get().addAfterCommitHook(hook)
 
 
 def enqueued_hints(created: list[tuple[TaskView, NewTask]]
@@ -49,14 +41,14 @@ def enqueued_hints(created: list[tuple[TaskView, NewTask]]
 
 def notify_enqueued(request: Request, created: list[tuple[TaskView, NewTask]]) -> None:
     """Wake workers for tasks already committed (no transaction to wait for)."""
-    request.registry.ntq_enqueue_hints.add(*enqueued_hints(created))
+    services(request).enqueue_hints.add(*enqueued_hints(created))
 
 
 def read_body(request: Request, limit: int | None = None) -> bytes:
     """The request body, refused with 413 beyond ``limit`` (default
     ``NTQ_MAX_BODY_BYTES``) and with 408 unless all of it arrives within
     ``NTQ_BODY_TIMEOUT`` seconds."""
-    settings = request.registry.ntq_settings
+    settings = services(request).settings
     limit = limit or settings.max_body_bytes
     too_large = ApiError(413, "body_too_large", f"body must be at most {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
@@ -96,24 +88,19 @@ def _read_within(request: Request, size: int, seconds: float) -> bytes:
     return data
 
 
-def task_id(request: Request) -> uuid.UUID:
-    """The ``{id}`` of the route; anything but a UUID is simply not found."""
-    try:
-        return uuid.UUID(request.matchdict["id"])
-    except ValueError:
-        raise ApiError(404, "not_found", "no such task") from None
+@dataclass(frozen=True)
+class Submitted:
+    """What an enqueue stored: each task and whether it is new (not an idempotent
+    repeat), and the application the key belongs to."""
+
+    results: list[tuple[TaskView, bool]]
+    caller: auth.Caller
 
 
-def owned_task(request: Request) -> TaskView:
-    task = transitions.get(request.db, task_id(request), request.caller.app_id)
-    if task is None:
-        raise ApiError(404, "not_found", "no such task")
-    return task
-
-
-def created_response(request: Request, task: TaskView, created: bool) -> Response:
+def created_response(request: Request, task: TaskView, created: bool,
+                     caller: auth.Caller) -> Response:
     location = request.route_url("task", id=str(task.id))
-    return task_response(request, task, 201 if created else 200, Location=location)
+    return task_response(request, task, 201 if created else 200, caller, Location=location)
 
 
 # Bodies larger than this are read only once the key is known to be valid: an unknown
@@ -133,21 +120,19 @@ def validated(request: Request, parse: Callable[[], T]) -> T:
         raise
 
 
-def submit(request: Request, key: str | None,
-           batch: list[NewTask]) -> list[tuple[TaskView, bool]]:
+def submit(request: Request, key: str | None, batch: list[NewTask]) -> Submitted:
     """Store ``batch`` for the key's application (401 if the key is not valid), then
     wake the workers: :mod:`ntq.store.enqueue`, one autocommit statement, outside the request's
     transaction (so retried by itself on a fresh connection if its own was lost)."""
-    done = db.retrying(request.registry.ntq_autocommit, lambda conn: (
+    done = db.retrying(services(request).autocommit, lambda conn: (
         enqueue.submit(conn, batch[0], key) if len(batch) == 1
         else enqueue.submit_batch(conn, batch, key)))
     if done is None:
         raise auth.invalid_key()
-    # What the ``caller`` request property would have looked up, already known.
-    request.caller = auth.Caller(done.app_id, done.app_name)
     notify_enqueued(request, [(task, new) for (task, created), new
                               in zip(done.results, batch, strict=True) if created])
-    return done.results
+    # The application is known from the statement: no ``caller`` lookup to render.
+    return Submitted(done.results, auth.Caller(done.app_id, done.app_name))
 
 
 @view_config(route_name="root", request_method="POST")
@@ -156,9 +141,10 @@ def enqueue_query(request: Request) -> Response:
     key = auth.checked_key(request)
     new = validated(request, lambda: schemas.from_query(
         request.GET, request.headers, read_body(request), request.headers.get("Content-Type"),
-        request.registry.ntq_settings))
-    [(task, created)] = submit(request, key, [new])
-    return created_response(request, task, created)
+        services(request).settings))
+    submitted = submit(request, key, [new])
+    [(task, created)] = submitted.results
+    return created_response(request, task, created, submitted.caller)
 
 
 @view_config(route_name="tasks", request_method="POST")
@@ -170,20 +156,20 @@ def enqueue_json(request: Request) -> Response:
         request.headers.get("Content-Type"), read_body(request, schemas.MAX_BATCH_BYTES)))
     single = isinstance(document, dict)
     batch = validated(request, lambda: schemas.from_json_batch(
-        [document] if single else document, request.registry.ntq_settings))
-    results = submit(request, key, batch)
+        [document] if single else document, services(request).settings))
+    submitted = submit(request, key, batch)
     if single:
-        return created_response(request, *results[0])
-    any_new = any(created for _, created in results)
-    return json_response({"tasks": [task_json(request, task) for task, _ in results]},
-                         201 if any_new else 200)
+        return created_response(request, *submitted.results[0], submitted.caller)
+    any_new = any(created for _, created in submitted.results)
+    tasks = [task_json(request, task, submitted.caller) for task, _ in submitted.results]
+    return json_response({"tasks": tasks}, 201 if any_new else 200)
 
 
 @view_config(route_name="root", request_method="GET")
 def describe(request: Request) -> Response:
     """The service descriptor: authenticated like every route but health and metrics,
     except under ``NTQ_NTORQUE_COMPAT``, where it answers anyone as nTorque's did."""
-    if not request.registry.ntq_settings.ntorque_compat:
+    if not services(request).settings.ntorque_compat:
         request.caller  # noqa: B018  (raises 401 without a valid key)
     return json_response({
         "name": "ntq", "version": __version__,
@@ -204,7 +190,7 @@ def show_task(request: Request) -> Response:
 def push_task(request: Request) -> Response:
     """nTorque's manual push: wake the workers for this task again."""
     task = owned_task(request)
-    notifier = request.registry.ntq_notifier
+    notifier = services(request).notifier
     after_commit(request, lambda: notifier.push([task.id]))
     return task_response(request, task, 201,
                          Location=request.route_url("task", id=str(task.id)))
@@ -219,7 +205,7 @@ def healthz(request: Request) -> Response:
 def readyz(request: Request) -> Response:
     """PostgreSQL reachable and writable, and Redis reachable: 200; otherwise 503 naming
     what is down (or read-only)."""
-    checks = {"postgresql": _check_db(request), "redis": _check_redis(request)}
+    checks = {"postgresql": _check_db(request), **services(request).notifier.readiness()}
     ready = all(value == "ok" for value in checks.values())
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 
@@ -229,18 +215,10 @@ def _check_db(request: Request) -> str:
     statements'. A pooled connection that was lost, or opened while the database was
     read-only, is replaced first: the answer is about PostgreSQL as it is now."""
     try:
-        for engine in (request.registry.ntq_engine, request.registry.ntq_autocommit):
+        for engine in (services(request).engine, services(request).autocommit):
             db.retrying(engine, db.check_writable)
     except DBAPIError as exc:
         return "read-only" if db.is_read_only(exc) else f"unreachable: {type(exc).__name__}"
     except SQLAlchemyError as exc:
-        return f"unreachable: {type(exc).__name__}"
-    return "ok"
-
-
-def _check_redis(request: Request) -> str:
-    try:
-        request.registry.ntq_notifier.redis.ping()
-    except redis.RedisError as exc:
         return f"unreachable: {type(exc).__name__}"
     return "ok"
