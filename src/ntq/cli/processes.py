@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 from ntq.config import Settings
-from ntq.store.db import make_engine
+from ntq.store import db
 
 
 def run_worker(settings: Settings, grace: float) -> None:
@@ -18,14 +18,12 @@ def run_worker(settings: Settings, grace: float) -> None:
     assert settings.database_url
     # A fixed pool: attempts hold a connection only to acquire, and outcomes are written
     # in batches, so a few connections serve hundreds of attempts in flight.
-    # Autocommit: acquiring and recording a batch are one statement each.
-    engine = make_engine(settings.database_url, pool_size=min(settings.worker_concurrency, 10),
-                         max_overflow=0, autocommit=True)
-    worker = Worker(settings, engine, settings.worker_concurrency, grace=grace)
+    store = db.connect(settings.database_url, pool_size=min(settings.worker_concurrency, 10))
+    worker = Worker(settings, store, settings.worker_concurrency, grace=grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, worker.request_stop)
     worker.run()
-    engine.dispose()
+    store.dispose()
 
 
 def run_requeue(settings: Settings) -> None:
@@ -35,11 +33,11 @@ def run_requeue(settings: Settings) -> None:
 
     assert settings.database_url
     assert settings.redis_url
-    engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
+    store = db.connect(settings.database_url, pool_size=1, max_overflow=1)
     notifier = notify.Notifier(settings, notify.client(settings.redis_url),
-                               metrics.Tally(engine))
-    poller = Requeue(settings, engine, notifier)
+                               metrics.Tally(store))
+    poller = Requeue(settings, store, notifier)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: poller.request_stop())
     poller.run()
-    engine.dispose()
+    store.dispose()

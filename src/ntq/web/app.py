@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import zope.sqlalchemy
 from pyramid.config import Configurator
 from pyramid.request import Request
-from sqlalchemy.orm import Session, sessionmaker
 
 from ntq import metrics, notify
 from ntq.config import Settings
 from ntq.store import db
-from ntq.store.db import make_engine, make_session_factory
 
 
 def make_app(settings: Settings, pool_size: int = 10) -> Any:
@@ -28,21 +25,16 @@ def make_app(settings: Settings, pool_size: int = 10) -> Any:
         "retry.activate_hook": _retry_attempts,
     })
     # Half the connections serve request transactions, half the single-statement enqueue
-    # hot path, which commits on its own; separate pools never switch a connection's mode.
-    # No overflow: under load, requests wait for a pooled connection instead of opening
-    # (and, on return, closing) new ones, each a new PostgreSQL backend.
+    # hot path, which commits on its own.
     half = max(1, pool_size // 2)
-    engine = make_engine(settings.database_url, pool_size=half, max_overflow=0)
+    store = db.connect(settings.database_url, pool_size=half, requests=half)
     config.registry.ntq_settings = settings
-    config.registry.ntq_engine = engine
-    autocommit = make_engine(settings.database_url, pool_size=half, max_overflow=0,
-                             autocommit=True)
-    config.registry.ntq_autocommit = autocommit
+    config.registry.ntq_store = store
     notifier = notify.Notifier(settings, notify.client(settings.redis_url),
-                               metrics.Tally(autocommit))
+                               metrics.Tally(store))
     config.registry.ntq_notifier = notifier
     config.registry.ntq_enqueue_hints = notify.EnqueueHints(notifier)
-    _include_db(config, make_session_factory(engine))
+    _include_db(config, store)
     config.include("ntq.web.tweens")
     config.include("ntq.web.api")
     return config.make_wsgi_app()
@@ -56,18 +48,10 @@ def _retry_attempts(request: Request) -> int | None:
     return 1 if has_body else None
 
 
-def _include_db(config: Configurator, factory: sessionmaker[Session]) -> None:
+def _include_db(config: Configurator, store: db.Store) -> None:
     """``request.db``: a session joined to the request's transaction (pyramid_tm), which
     pyramid_retry runs again when it failed in a way a new try may fix."""
     config.include("pyramid_tm")
     config.include("pyramid_retry")
-
-    def db(request: Request) -> Session:
-        session = factory()
-        # "changed": ntq writes with Core statements the ORM does not track, so the
-        # transaction must commit without an explicit mark_changed().
-        zope.sqlalchemy.register(session, transaction_manager=request.tm,
-                                 initial_state=zope.sqlalchemy.datamanager.STATUS_CHANGED)
-        return session
-
-    config.add_request_method(db, "db", reify=True)
+    config.add_request_method(lambda request: db.joined_session(store, request.tm), "db",
+                              reify=True)

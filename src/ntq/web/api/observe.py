@@ -9,7 +9,7 @@ from pyramid.response import Response
 from pyramid.view import view_config
 
 from ntq import metrics, notify
-from ntq.store import reads
+from ntq.store import counters, reads
 from ntq.web.api.render import json_response
 
 
@@ -24,7 +24,7 @@ def prometheus(request: Request) -> Response:
     """Counters every process adds to (kept in PostgreSQL), backlog gauges, and the length
     of Redis's queue when Redis answers."""
     gauges = {**reads.backlog_gauges(request.db), **_redis_gauges(request.registry.ntq_notifier)}
-    body = metrics.render(metrics.totals(request.db), gauges)
+    body = metrics.render(counters.totals(request.db), gauges)
     return Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
 
