@@ -436,3 +436,48 @@ def test_an_attempt_finishing_while_its_task_is_deleted_records_nothing_and_fail
     with engine.begin() as conn:
         assert conn.execute(text("SELECT count(*) FROM attempts")).scalar() == 0
         assert conn.execute(text("SELECT count(*) FROM tasks")).scalar() == 0
+
+
+def writers(engine: Engine, task_id: uuid.UUID) -> set[str]:
+    """The ids of the transactions that last wrote the task's row and its attempts'."""
+    with engine.begin() as conn:
+        return {str(x) for x in conn.execute(text(
+            "SELECT xmin FROM tasks WHERE id = :id "
+            "UNION SELECT xmin FROM attempts WHERE task_id = :id"), {"id": task_id}).scalars()}
+
+
+def test_a_finish_that_creates_a_callback_is_one_transaction(
+        store: Store, engine: Engine, creds: Credentials) -> None:
+    """The verdict, the attempt's record and the callback task commit together."""
+    task = put(engine, creds, callback="https://cb.example/done")
+    plain = put(engine, creds)
+    (held,) = take(store, task.id)
+    (other,) = take(store, plain.id)
+    done, alone = transitions.finish_many(store, [(held, result(200), Verdict("complete")),
+                                                  (other, result(200), Verdict("complete"))])
+    assert (done.status, done.outcome) == ("COMPLETED", "complete")
+    assert done.callback_id is not None
+    assert alone.callback_id is None
+    with engine.begin() as conn:
+        callback = transitions.get(conn, done.callback_id, creds.app_id)
+    assert callback is not None
+    assert (callback.url, callback.callback_of) == ("https://cb.example/done", task.id)
+    written = (writers(engine, task.id) | writers(engine, plain.id)
+               | writers(engine, done.callback_id))
+    assert len(written) == 1
+
+
+def test_a_cancel_creates_the_callback_in_its_transaction(
+        engine: Engine, creds: Credentials) -> None:
+    task = put(engine, creds, callback="https://cb.example/done", cancel_notice="always")
+    with engine.begin() as conn:
+        cancelled = transitions.cancel(conn, task.id, creds.app_id)
+    assert cancelled is not None
+    assert cancelled.notice_owed
+    assert cancelled.task.status == "CANCELLED"
+    assert cancelled.callback_id is not None
+    assert writers(engine, task.id) == writers(engine, cancelled.callback_id)
+    plain = put(engine, creds, cancel_notice="never")
+    with engine.begin() as conn:
+        assert transitions.cancel(conn, plain.id, creds.app_id) == transitions.Cancelled(
+            transitions.get(conn, plain.id, creds.app_id), False, None)
