@@ -252,12 +252,13 @@ def _storable_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
         _storable(name): _storable(value) for name, value in headers.items()}
 
 
-def finish_notice(store: Store, task: Acquired, result: AttemptResult) -> None:
+def finish_notice(store: Store, task: Acquired, result: AttemptResult) -> bool:
     """Record the DELETE sent to a cancelled task's hook: the notice is no longer owed (unless
     the task was cancelled again since, which owes a new one). A task deleted by its
     application, kept only for this notice, goes now. One transaction, run again on a
-    fresh connection if its own was lost."""
+    fresh connection if its own was lost; True once committed."""
     retrying(store.engine, lambda conn: _finish_notice(conn, task, result), atomic=True)
+    return True
 
 
 def _finish_notice(conn: Connection, task: Acquired, result: AttemptResult) -> None:
