@@ -66,6 +66,8 @@ LEASE_GRACE = 10
 NOTICE_TIMEOUT = 10
 
 
+# Two reads stay beside the changes they serve: the task a change applies to (get), and the
+# response a callback reports (latest_response).
 def get(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
     """The task, if it exists and belongs to ``app_id``."""
     stmt = select(*VIEW_COLUMNS).where(
