@@ -19,9 +19,9 @@ from sqlalchemy.engine import make_url
 from ntq.config import Settings, load_settings
 from ntq.embedded.servers import postgres_url
 from ntq.embedded.servers import redis_url as embedded_redis_url
-from ntq.store import apps
+from ntq.store import apps, db
 from ntq.store.apps import Credentials
-from ntq.store.db import make_engine, normalize_url
+from ntq.store.db import Store, make_engine, normalize_url
 from ntq.store.migrate import upgrade
 from tests.support.hook import HookServer, start_hook
 from tests.support.procs import Api, RedisServer, Stack
@@ -69,6 +69,14 @@ def engine(migrated: str) -> Iterator[Engine]:
     eng = make_engine(migrated, pool_size=5, max_overflow=20)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def store(migrated: str) -> Iterator[Store]:
+    """The store as ntq's processes connect it (autocommit; the store's own transactions)."""
+    connected = db.connect(migrated, pool_size=5, max_overflow=20)
+    yield connected
+    connected.dispose()
 
 
 def reset(engine: Engine, redis_url: str) -> None:

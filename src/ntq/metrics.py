@@ -3,11 +3,11 @@
 Each process tallies what it announces in memory (the web: enqueued and cancelled tasks; a
 worker: attempts by outcome and duration, terminal states, callbacks) and a background
 thread (a greenlet under gevent) adds the tally to that process's rows of the ``counters``
-table about once a second: one statement per flush, nothing per event. Rows only grow;
-the requeue poller folds the rows of processes gone quiet into ``folded`` ones, so the
-sums ``/metrics`` reads never decrease, whatever becomes of Redis and of the processes.
-A process killed outright loses at most its last second of counts, which Prometheus sees
-as a slower rise, never as a reset.
+table (:mod:`ntq.store.counters`) about once a second: one statement per flush, nothing
+per event. Rows only grow; the requeue poller folds the rows of processes gone quiet into
+``folded`` ones, so the sums ``/metrics`` reads never decrease, whatever becomes of Redis
+and of the processes. A process killed outright loses at most its last second of counts,
+which Prometheus sees as a slower rise, never as a reset.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import cast
 
 import structlog
 from prometheus_client.exposition import generate_latest
@@ -31,13 +30,10 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
-from sqlalchemy import Connection, Engine, Table, delete, func, literal, literal_column, select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from ntq.records import Outcome, Status
-from ntq.store.models import Count
+from ntq.store import counters
+from ntq.store.db import DatabaseError, Store
 
 log = structlog.get_logger(__name__)
 
@@ -57,9 +53,6 @@ FLUSH_INTERVAL = 1.0
 # A process that has not written its counts for this long is folded (gone, or idle: an
 # idle one simply starts new rows when it counts again).
 FOLD_AFTER = 600
-FOLDED = "folded"
-
-counters = cast(Table, Count.__table__)
 
 
 def count_enqueued(counts: Counter[str], n: int) -> None:
@@ -84,8 +77,8 @@ class Tally:
     writes them (so a tally made before a fork writes from the child that counts) and
     registers a last write at exit."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._process: str | None = None
@@ -120,49 +113,14 @@ class Tally:
 
     def _write(self, process: str, counts: Counter[str]) -> bool:
         try:
-            with self.engine.begin() as conn:
-                write(conn, process, counts)
-        except SQLAlchemyError as exc:
+            counters.add(self.store, process, counts)
+        except DatabaseError as exc:
             log.warning("metrics.flush_failed", error=str(exc).splitlines()[0])
             return False
         except Exception:  # whatever failed, the counts must wait, not vanish with the thread
             log.exception("metrics.flush_failed")
             return False
         return True
-
-
-def write(conn: Connection, process: str, counts: Mapping[str, int]) -> None:
-    """Add ``counts`` to ``process``'s rows in one statement (rows in name order, so two
-    writers of the same rows lock them in the same order)."""
-    stmt = insert(counters).values([{"process": process, "name": name, "value": value}
-                                    for name, value in sorted(counts.items())])
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=[counters.c.process, counters.c.name],
-        set_={"value": counters.c.value + stmt.excluded.value, "updated": func.now()}))
-
-
-def fold(conn: Connection, idle: float = FOLD_AFTER) -> None:
-    """Move the counts of processes that have not written for ``idle`` seconds into the
-    ``folded`` rows: one statement, so a reader sees the sums from before or after it."""
-    gone = (delete(counters)
-            .where(counters.c.process != FOLDED,
-                   counters.c.updated < func.now() - literal_column("interval '1 second'")
-                   * idle)
-            .returning(counters.c.name, counters.c.value)
-            .cte("gone"))
-    merged = (select(literal(FOLDED), gone.c.name, func.sum(gone.c.value), func.now())
-              .group_by(gone.c.name))
-    stmt = insert(counters).from_select(["process", "name", "value", "updated"], merged)
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=[counters.c.process, counters.c.name],
-        set_={"value": counters.c.value + stmt.excluded.value, "updated": func.now()}))
-
-
-def totals(db: Connection | Session) -> dict[str, int]:
-    """Every process's counts added up, by name."""
-    rows = db.execute(select(counters.c.name, func.sum(counters.c.value))
-                      .group_by(counters.c.name))
-    return {name: int(total) for name, total in rows}
 
 
 class _Families:

@@ -144,8 +144,3 @@ class Verdict:
     error: str | None = None
     delay: float | None = None
 
-    @property
-    def outcome(self) -> Outcome:
-        """The outcome this verdict records for its attempt (unless the attempt is stale),
-        the name ``ntq.store.transitions`` reads."""
-        return self.decision

@@ -13,12 +13,11 @@ from __future__ import annotations
 import time
 
 import structlog
-from sqlalchemy import Connection, Engine, func, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from ntq import metrics, notify
 from ntq.config import Settings
-from ntq.store import db, transitions
+from ntq.store import counters, db, transitions
+from ntq.store.db import DatabaseError, Db, Store
 
 log = structlog.get_logger(__name__)
 
@@ -32,9 +31,9 @@ CLEANUP_EVERY = 60.0
 class Requeue:
     """The poller's state: where the current sweep is, when cleanup last ran."""
 
-    def __init__(self, settings: Settings, engine: Engine, notifier: notify.Notifier) -> None:
+    def __init__(self, settings: Settings, store: Store, notifier: notify.Notifier) -> None:
         self.settings = settings
-        self.engine = engine
+        self.store = store
         self.notifier = notifier
         self.cursor: transitions.Cursor | None = None
         self.last_cleanup = 0.0
@@ -59,7 +58,7 @@ class Requeue:
     def _round_safely(self) -> bool:
         try:
             return self.round()
-        except (SQLAlchemyError, notify.Unavailable) as exc:
+        except (DatabaseError, notify.Unavailable) as exc:
             log.warning("requeue.round_failed", error=str(exc).splitlines()[0])
             return False
         except Exception:  # one bad row must not stop the poller that every task relies on
@@ -69,19 +68,16 @@ class Requeue:
     def round(self) -> bool:
         """One locked round; True if a backlog remains to push right away. Run again on a
         fresh connection if its own was lost (pushes are hints: pushing twice is harmless)."""
-        return db.retrying(self.engine, self._locked_round)
+        return bool(db.locked(self.store, LOCK_KEY, self._locked_round))
 
-    def _locked_round(self, conn: Connection) -> bool:
-        with conn.begin():
-            if not _try_lock(conn):
-                return False
-            busy = self._push_overdue(conn)
-            self._push_notices(conn)
-            if time.monotonic() - self.last_cleanup >= CLEANUP_EVERY:
-                self._cleanup(conn)
+    def _locked_round(self, conn: Db) -> bool:
+        busy = self._push_overdue(conn)
+        self._push_notices(conn)
+        if time.monotonic() - self.last_cleanup >= CLEANUP_EVERY:
+            self._cleanup(conn)
         return busy
 
-    def _push_overdue(self, conn: Connection) -> bool:
+    def _push_overdue(self, conn: Db) -> bool:
         room = LOW_WATER - self.notifier.backlog()
         if room <= 0:
             return True
@@ -92,19 +88,15 @@ class Requeue:
         self.cursor = batch[-1] if full else None
         return full
 
-    def _push_notices(self, conn: Connection) -> None:
+    def _push_notices(self, conn: Db) -> None:
         """Cancelled tasks whose DELETE notice is owed and overdue (few, so no sweep)."""
         ids = transitions.overdue_notices(conn, BATCH)
         if ids:
             self.notifier.push(ids)
 
-    def _cleanup(self, conn: Connection) -> None:
+    def _cleanup(self, conn: Db) -> None:
         self.last_cleanup = time.monotonic()
         deleted = transitions.cleanup(conn, self.settings.cleanup_after_days)
         if deleted:
             log.info("requeue.cleaned", deleted=deleted)
-        metrics.fold(conn)
-
-
-def _try_lock(conn: Connection) -> bool:
-    return bool(conn.execute(select(func.pg_try_advisory_xact_lock(LOCK_KEY))).scalar())
+        counters.fold(conn, metrics.FOLD_AFTER)

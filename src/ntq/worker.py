@@ -21,14 +21,12 @@ import gevent.event
 import gevent.pool
 import gevent.queue
 import structlog
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from ntq import delivery, metrics, notify
 from ntq.config import Settings
 from ntq.records import Acquired, AttemptResult, Outcome, Status, Verdict
-from ntq.store import db, transitions
-from ntq.store.db import transaction
+from ntq.store import transitions
+from ntq.store.db import DatabaseError, Store
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -36,9 +34,6 @@ T = TypeVar("T")
 MAX_BATCH = 100
 PROMOTE_INTERVAL = 0.1
 FINISH_RETRY_FOR = 60.0
-
-# A finished attempt waiting to be recorded: the task, what the call produced, the verdict.
-Unrecorded = tuple[Acquired, AttemptResult, Verdict]
 
 
 class Cancelled(gevent.GreenletExit):  # type: ignore[misc]  # gevent is untyped
@@ -48,20 +43,20 @@ class Cancelled(gevent.GreenletExit):  # type: ignore[misc]  # gevent is untyped
 class Worker:
     """Takes due tasks and delivers them, up to ``concurrency`` at a time."""
 
-    def __init__(self, settings: Settings, engine: Engine, concurrency: int,
+    def __init__(self, settings: Settings, store: Store, concurrency: int,
                  grace: float = 30.0) -> None:
         self.settings = settings
-        self.engine = engine
+        self.store = store
         self.grace = grace
         self.pool = gevent.pool.Pool(concurrency)
         self.session = delivery.make_session(settings, concurrency)
-        self.notifier = notify.connect(settings, metrics.Tally(engine))
+        self.notifier = notify.connect(settings, metrics.Tally(store))
         # task id -> (the greenlet attempting it, the task's application)
         self.running: dict[uuid.UUID, tuple[gevent.Greenlet, uuid.UUID | None]] = {}
         self.stopping = gevent.event.Event()
         self.stopped = gevent.event.Event()
         self.helpers: list[gevent.Greenlet] = []
-        # Finished attempts wait here to be recorded in batches (one transaction each).
+        # Finished attempts wait here to be recorded in batches (one statement each).
         self.unrecorded: gevent.queue.JoinableQueue = gevent.queue.JoinableQueue()
 
     def run(self) -> None:
@@ -97,8 +92,8 @@ class Worker:
             self.pool.wait_available()
             try:
                 ids = self.notifier.take(self.pool.free_count())
-                tasks = self._acquire(ids) if ids else []
-            except (notify.Unavailable, SQLAlchemyError) as exc:
+                tasks = transitions.acquire(self.store, ids) if ids else []
+            except (notify.Unavailable, DatabaseError) as exc:
                 log.warning("worker.dispatch_failed", error=str(exc).splitlines()[0])
                 gevent.sleep(1)
                 continue
@@ -117,9 +112,6 @@ class Worker:
             self.running[task.id][0].kill(Cancelled, block=False)
         self.pool.spawn(self._notice, task)
 
-    def _acquire(self, ids: list[uuid.UUID]) -> list[Acquired]:
-        # One statement (autocommit: no BEGIN), on a fresh connection if its own was lost.
-        return db.retrying(self.engine, lambda conn: transitions.acquire(conn, ids))
 
     def _attempt(self, task: Acquired) -> None:
         structlog.contextvars.bind_contextvars(task_id=str(task.id), attempt=task.retry_count)
@@ -148,7 +140,7 @@ class Worker:
         structlog.contextvars.bind_contextvars(task_id=str(task.id))
         result = delivery.send_cancel_notice(self.session, task)
         log.info("worker.cancel_notice", status_code=result.status_code, error=result.error)
-        if self._write(lambda conn: transitions.finish_notice(conn, task, result), atomic=True):
+        if self._persist(lambda: transitions.finish_notice(self.store, task, result)):
             self.notifier.attempted([notify.Attempted(task.id, Outcome.CANCEL_NOTICE,
                                                       result.elapsed_ms)])
 
@@ -157,7 +149,7 @@ class Worker:
 
     def _finish_loop(self) -> None:
         """Record finished attempts in batches: whatever has queued up while the previous
-        batch was being written goes into the next transaction."""
+        batch was being written goes into the next one."""
         while True:
             batch = [self.unrecorded.get()]
             while len(batch) < MAX_BATCH and not self.unrecorded.empty():
@@ -170,37 +162,27 @@ class Worker:
                 for _ in batch:
                     self.unrecorded.task_done()
 
-    def _record(self, batch: list[Unrecorded]) -> None:
-        # One statement records the batch; creating callback tasks adds more, which
-        # must commit with it.
-        finished = self._write(lambda conn: transitions.finish_many(conn, batch),
-                               atomic=any(task.callback for task, _, _ in batch))
+    def _record(self, batch: list[transitions.Judged]) -> None:
+        finished = self._persist(lambda: transitions.finish_many(self.store, batch))
         if finished is None:
             return  # the leases expire and the tasks are attempted again
         events = []
         for (task, result, verdict), done in zip(batch, finished, strict=True):
-            outcome = Outcome(done.outcome)
-            status = Status(done.status) if done.status is not None else None
-            if outcome == Outcome.STALE:
+            if done.outcome is Outcome.STALE:
                 log.info("worker.stale_attempt", task_id=str(task.id))
-            retry_at = time.time() + (verdict.delay or 0) if status == Status.PENDING else None
-            events.append(notify.Attempted(task.id, outcome, result.elapsed_ms, status,
-                                           retry_at, done.callback_id))
+            retry_at = time.time() + (verdict.delay or 0) if done.status is Status.PENDING else None
+            events.append(notify.Attempted(task.id, done.outcome, result.elapsed_ms,
+                                           done.status, retry_at, done.callback_id))
         self.notifier.attempted(events)
 
-    def _write(self, action: Callable[[Connection], T], atomic: bool = False) -> T | None:
-        """Run ``action`` (in a transaction if ``atomic``; the engine is in autocommit),
-        retrying through a database outage for a while; None if it never succeeded (the
-        lease then expires and the task is retried)."""
-        def once(conn: Connection) -> T:
-            with transaction(conn) if atomic else conn.begin():
-                return action(conn)
-
+    def _persist(self, write: Callable[[], T]) -> T | None:
+        """``write()``, tried again through a database outage for a while; None if it never
+        succeeded (the lease then expires and the task is retried)."""
         deadline = time.monotonic() + FINISH_RETRY_FOR
         while True:
             try:
-                return db.retrying(self.engine, once)
-            except SQLAlchemyError as exc:
+                return write()
+            except DatabaseError as exc:
                 if time.monotonic() > deadline:
                     log.error("worker.write_failed", error=str(exc).splitlines()[0])
                     return None

@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from ntq import metrics
+from ntq.store import counters as counter_rows
 from tests.support.hook import HookServer
 from tests.support.procs import Api, Proc, RedisServer, Stack, free_port, wait_http
 from tests.support.scrape import Samples, counters, exposition, parse, promtool_check, wait_metrics
@@ -141,8 +141,8 @@ BIG = {"enqueued": 1_234_567_891, "attempts:complete": 1_000_001, "completed": 9
 def test_large_counts_read_exactly_and_promtool_accepts_them(
         api: Api, stack: Stack, engine: Engine) -> None:
     with engine.begin() as conn:
-        metrics.write(conn, "elsewhere/1/a", BIG)
-        metrics.write(conn, "elsewhere/2/b", {"enqueued": 9, "completed": 1})
+        counter_rows.write(conn, "elsewhere/1/a", BIG)
+        counter_rows.write(conn, "elsewhere/2/b", {"enqueued": 9, "completed": 1})
     body = exposition(stack.url)
     promtool_check(body)
     sample = parse(body)
@@ -165,14 +165,14 @@ def test_the_requeue_poller_folds_quiet_processes_and_the_sums_stay(
         api: Api, stack: Stack, engine: Engine, scraper: Scraper) -> None:
     with engine.begin() as conn:
         for process in ("gone/1/a", "gone/2/b", "quiet/3/c", "busy/4/d"):
-            metrics.write(conn, process, BIG)
+            counter_rows.write(conn, process, BIG)
         conn.execute(text("UPDATE counters SET updated = now() - interval '1 hour' "
                           "WHERE process <> 'busy/4/d'"))
     before = scrape(stack.url)
     stack.requeue()
-    eventually(lambda: rows(engine) == ["busy/4/d", metrics.FOLDED], 15, "rows folded")
+    eventually(lambda: rows(engine) == ["busy/4/d", counter_rows.FOLDED], 15, "rows folded")
     with engine.begin() as conn:
-        metrics.write(conn, "quiet/3/c", {"enqueued": 1})  # counting again after the fold
+        counter_rows.write(conn, "quiet/3/c", {"enqueued": 1})  # counting again after the fold
     after = scrape(stack.url)
     assert after[ENQUEUED] == before[ENQUEUED] + 1 == 4 * BIG["enqueued"] + 1
     assert {k: v for k, v in counters(after).items() if k != ENQUEUED} == {

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import Engine
 
 from ntq.records import NewTask
-from ntq.store import transitions
 from ntq.store.apps import Credentials
+from ntq.store.enqueue import insert_task
 from tests.conftest import module_stack
 from tests.support.hook import HookServer
 from tests.support.procs import Api
@@ -27,7 +27,7 @@ def stored(engine: Engine, creds: Credentials, new: NewTask) -> str:
     """A task written straight into the database: what the API now refuses, as a task stored
     before the rule existed would be."""
     with engine.begin() as conn:
-        task, _ = transitions.enqueue(conn, new, creds.app_id)
+        task, _ = insert_task(conn, new, creds.app_id)
     return str(task.id)
 
 

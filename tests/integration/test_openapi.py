@@ -15,13 +15,13 @@ from openapi_core.validation.response.exceptions import InvalidData
 from openapi_spec_validator import validate
 from pyramid.config import Configurator
 from pyramid.response import Response
-from sqlalchemy import Engine
 from webtest import TestApp
 
 from ntq.config import Settings
-from ntq.records import AttemptResult, Verdict
+from ntq.records import AttemptResult, Outcome, Verdict
 from ntq.store import transitions
 from ntq.store.apps import Credentials
+from ntq.store.db import Store
 from ntq.web.api import auth, schemas
 from ntq.web.app import make_app
 from ntq.web.services import of
@@ -137,14 +137,13 @@ def enqueue(web: CheckedApp, **params: Any) -> dict[str, Any]:
     return task
 
 
-def answer(engine: Engine, task_id: str) -> None:
+def answer(store: Store, task_id: str) -> None:
     """What a worker would record: one attempt with a response."""
-    with engine.begin() as conn:
-        [held] = transitions.acquire(conn, [uuid.UUID(task_id)])
-        transitions.finish(conn, held, AttemptResult(
-            method="POST", started=datetime.now(UTC), elapsed_ms=3, status_code=200,
-            reason="OK", headers={"Content-Type": "text/plain"}, body=b"\xff\x00"),
-            Verdict("complete"))
+    [held] = transitions.acquire(store, [uuid.UUID(task_id)])
+    transitions.finish(store, held, AttemptResult(
+        method="POST", started=datetime.now(UTC), elapsed_ms=3, status_code=200,
+        reason="OK", headers={"Content-Type": "text/plain"}, body=b"\xff\x00"),
+        Verdict(Outcome.COMPLETE))
 
 
 def enqueue_responses_conform(web: CheckedApp) -> None:
@@ -167,11 +166,11 @@ def enqueue_responses_conform(web: CheckedApp) -> None:
     web.get(f"/tasks/{first['id']}", status=200)
 
 
-def reading_and_managing_responses_conform(web: CheckedApp, engine: Engine) -> None:
+def reading_and_managing_responses_conform(web: CheckedApp, store: Store) -> None:
     task = enqueue(web)
     path = f"/tasks/{task['id']}"
     web.get(path + "/response", status=404)
-    answer(engine, task["id"])
+    answer(store, task["id"])
     response = web.get(path + "/response?wait=0.1", status=200)
     assert response.json["body_base64"] == "/wA="
     web.get(path + "/attempts", status=200)
@@ -209,9 +208,9 @@ def listing_and_service_routes_conform(web: CheckedApp) -> None:
 
 
 def test_every_response_conforms_and_every_operation_is_exercised(
-        web: CheckedApp, engine: Engine, document: dict[str, Any]) -> None:
+        web: CheckedApp, store: Store, document: dict[str, Any]) -> None:
     enqueue_responses_conform(web)
-    reading_and_managing_responses_conform(web, engine)
+    reading_and_managing_responses_conform(web, store)
     cancel_replay_and_delete_all_conform(web)
     listing_and_service_routes_conform(web)
     exercised = {(method, _template(document, path)) for method, path, _ in web.seen}

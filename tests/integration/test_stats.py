@@ -12,8 +12,10 @@ import pytest
 from sqlalchemy import Engine, update
 
 from ntq.records import AttemptResult, NewTask, Verdict
-from ntq.store import reads, transitions
+from ntq.store import enqueue, reads, transitions
 from ntq.store.apps import Credentials
+from ntq.store.db import Store
+from ntq.store.models import seconds, tasks
 
 pytestmark = pytest.mark.usefixtures("settings")  # empty tables and Redis for every test
 
@@ -23,24 +25,22 @@ HOUR = 3600
 
 def put(engine: Engine, creds: Credentials, **fields: Any) -> uuid.UUID:
     with engine.begin() as conn:
-        task, _ = transitions.enqueue(conn, NewTask(url=HOOK, **fields), creds.app_id)
+        task, _ = enqueue.insert_task(conn, NewTask(url=HOOK, **fields), creds.app_id)
     return task.id
 
 
-def shift(engine: Engine, task_id: uuid.UUID, seconds: float, *columns: str) -> None:
-    """Move the task's ``columns`` ``seconds`` into the past."""
-    tasks = transitions.tasks
-    moved = {name: tasks.c[name] - transitions.seconds(seconds) for name in columns}
+def shift(engine: Engine, task_id: uuid.UUID, past: float, *columns: str) -> None:
+    """Move the task's ``columns`` ``past`` seconds into the past."""
+    moved = {name: tasks.c[name] - seconds(past) for name in columns}
     with engine.begin() as conn:
         conn.execute(update(tasks).where(tasks.c.id == task_id).values(moved))
 
 
-def attempt(engine: Engine, task_id: uuid.UUID, verdict: Verdict) -> None:
+def attempt(store: Store, task_id: uuid.UUID, verdict: Verdict) -> None:
     """Acquire the task (it must be due) and apply ``verdict`` to that attempt."""
-    with engine.begin() as conn:
-        (held,) = transitions.acquire(conn, [task_id])
-        transitions.finish(conn, held, AttemptResult(method="POST", started=datetime.now(UTC),
-                                               elapsed_ms=3, status_code=200), verdict)
+    (held,) = transitions.acquire(store, [task_id])
+    transitions.finish(store, held, AttemptResult(method="POST", started=datetime.now(UTC),
+                                                  elapsed_ms=3, status_code=200), verdict)
 
 
 def latency(engine: Engine, creds: Credentials) -> dict[str, float]:
@@ -49,35 +49,37 @@ def latency(engine: Engine, creds: Credentials) -> dict[str, float]:
     return found
 
 
-def test_a_delayed_tasks_wait_is_not_latency(engine: Engine, creds: Credentials) -> None:
+def test_a_delayed_tasks_wait_is_not_latency(
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds, delay=HOUR)
     shift(engine, task, HOUR, "created", "due")  # enqueued an hour ago, due now
-    attempt(engine, task, Verdict("complete"))
+    attempt(store, task, Verdict("complete"))
     assert latency(engine, creds)["p99"] < 60
 
 
-def test_a_not_before_in_the_past_counts_from_the_enqueue(engine: Engine,
-                                                          creds: Credentials) -> None:
+def test_a_not_before_in_the_past_counts_from_the_enqueue(
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds, not_before=datetime.now(UTC) - timedelta(days=1))
-    attempt(engine, task, Verdict("complete"))
+    attempt(store, task, Verdict("complete"))
     assert 0 <= latency(engine, creds)["p99"] < 60
 
 
-def test_time_spent_due_and_waiting_is_latency_across_retries(engine: Engine,
-                                                              creds: Credentials) -> None:
+def test_time_spent_due_and_waiting_is_latency_across_retries(
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds)
     shift(engine, task, 120, "created", "due")  # due for two minutes, no worker took it
-    attempt(engine, task, Verdict("retry", error="HTTP 503", delay=0))
-    attempt(engine, task, Verdict("complete"))
+    attempt(store, task, Verdict("retry", error="HTTP 503", delay=0))
+    attempt(store, task, Verdict("complete"))
     assert 120 <= latency(engine, creds)["mean"] < 180
 
 
-def test_a_replayed_task_counts_from_its_replay(engine: Engine, creds: Credentials) -> None:
+def test_a_replayed_task_counts_from_its_replay(
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds, max_retries=0)
-    attempt(engine, task, Verdict("fail", error="HTTP 500"))
+    attempt(store, task, Verdict("fail", error="HTTP 500"))
     shift(engine, task, HOUR, "created", "first_due")  # failed an hour ago
     with engine.begin() as conn:
         assert transitions.replay(conn, task, creds.app_id) is not None
-    attempt(engine, task, Verdict("complete"))
+    attempt(store, task, Verdict("complete"))
     assert latency(engine, creds)["p99"] < 60
 

@@ -12,8 +12,9 @@ from sqlalchemy import Engine, text
 
 from ntq.config import Settings
 from ntq.records import Acquired, AttemptResult, NewTask, TaskView, Verdict
-from ntq.store import transitions
+from ntq.store import enqueue, transitions
 from ntq.store.apps import Credentials
+from ntq.store.db import Store
 
 pytestmark = pytest.mark.usefixtures("settings")  # empty tables and Redis for every test
 
@@ -22,15 +23,14 @@ HOOK = "https://example.com/hook"
 
 def put(engine: Engine, creds: Credentials | None, **fields: Any) -> TaskView:
     with engine.begin() as conn:
-        task, created = transitions.enqueue(conn, NewTask(url=HOOK, **fields),
-                                      creds.app_id if creds else None)
+        task, created = enqueue.insert_task(conn, NewTask(url=HOOK, **fields),
+                                            creds.app_id if creds else None)
     assert created
     return task
 
 
-def take(engine: Engine, *ids: uuid.UUID) -> list[Acquired]:
-    with engine.begin() as conn:
-        return transitions.acquire(conn, list(ids))
+def take(store: Store, *ids: uuid.UUID) -> list[Acquired]:
+    return transitions.acquire(store, list(ids))
 
 
 def row(engine: Engine, task_id: uuid.UUID) -> Any:
@@ -54,16 +54,15 @@ def result(code: int | None = 200, error: str | None = None) -> AttemptResult:
                          status_code=code, error=error)
 
 
-def finish(engine: Engine, held: Acquired, verdict: Verdict,
+def finish(store: Store, held: Acquired, verdict: Verdict,
            outcome: AttemptResult | None = None) -> None:
-    with engine.begin() as conn:
-        transitions.finish(conn, held, outcome or result(), verdict)
+    transitions.finish(store, held, outcome or result(), verdict)
 
 
 def test_acquire_counts_the_attempt_and_leases_past_timeout_plus_grace(
-        engine: Engine, creds: Credentials) -> None:
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds, timeout=30)
-    (held,) = take(engine, task.id)
+    (held,) = take(store, task.id)
     assert held.id == task.id
     assert held.retry_count == 1
     assert held.timeout == 30
@@ -75,32 +74,32 @@ def test_acquire_counts_the_attempt_and_leases_past_timeout_plus_grace(
 
 
 def test_a_second_acquire_of_the_same_task_gets_nothing(
-        engine: Engine, creds: Credentials) -> None:
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds)
-    assert len(take(engine, task.id)) == 1
-    assert take(engine, task.id) == []
+    assert len(take(store, task.id)) == 1
+    assert take(store, task.id) == []
     assert row(engine, task.id).retry_count == 1
 
 
 def test_an_expired_lease_lets_the_next_attempt_start(
-        engine: Engine, creds: Credentials) -> None:
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds)
-    take(engine, task.id)
+    take(store, task.id)
     expire_lease(engine, task.id)
-    (again,) = take(engine, task.id)
+    (again,) = take(store, task.id)
     assert again.retry_count == 2
 
 
 def test_acquire_skips_delayed_finished_cancelled_and_unknown_tasks(
-        engine: Engine, creds: Credentials) -> None:
+        store: Store, engine: Engine, creds: Credentials) -> None:
     delayed = put(engine, creds, delay=60)
     done = put(engine, creds)
-    finish(engine, take(engine, done.id)[0], Verdict("complete"))
+    finish(store, take(store, done.id)[0], Verdict("complete"))
     cancelled = put(engine, creds)
     with engine.begin() as conn:
         assert transitions.cancel(conn, cancelled.id, creds.app_id) is not None
     due = put(engine, creds)
-    got = take(engine, delayed.id, done.id, cancelled.id, uuid.uuid4(), due.id)
+    got = take(store, delayed.id, done.id, cancelled.id, uuid.uuid4(), due.id)
     # (a cancelled task may be taken only for its DELETE notice, never as an attempt)
     assert [(t.id, t.retry_count) for t in got if t.id != cancelled.id] == [(due.id, 1)]
     assert row(engine, delayed.id).retry_count == 0
@@ -109,7 +108,8 @@ def test_acquire_skips_delayed_finished_cancelled_and_unknown_tasks(
         "CANCELLED", 0)
 
 
-def test_concurrent_acquires_never_share_a_task(engine: Engine, creds: Credentials) -> None:
+def test_concurrent_acquires_never_share_a_task(
+        store: Store, engine: Engine, creds: Credentials) -> None:
     """nTorque let two workers acquire the same attempt."""
     ids = [put(engine, creds).id for _ in range(100)]
     gate = threading.Barrier(4)
@@ -117,7 +117,7 @@ def test_concurrent_acquires_never_share_a_task(engine: Engine, creds: Credentia
 
     def grab() -> None:
         gate.wait()
-        taken.append([t.id for t in take(engine, *ids)])
+        taken.append([t.id for t in take(store, *ids)])
 
     threads = [threading.Thread(target=grab) for _ in range(4)]
     for thread in threads:
@@ -133,11 +133,11 @@ def test_concurrent_acquires_never_share_a_task(engine: Engine, creds: Credentia
     (Verdict("fail", error="HTTP 404 Not Found"), "FAILED"),
     (Verdict("retry", error="HTTP 503", delay=30), "PENDING"),
 ])
-def test_finish_applies_the_verdict(engine: Engine, creds: Credentials, verdict: Verdict,
-                                    status: str) -> None:
+def test_finish_applies_the_verdict(store: Store, engine: Engine, creds: Credentials,
+                                    verdict: Verdict, status: str) -> None:
     task = put(engine, creds)
-    (held,) = take(engine, task.id)
-    finish(engine, held, verdict, result(503 if status == "PENDING" else 200))
+    (held,) = take(store, task.id)
+    finish(store, held, verdict, result(503 if status == "PENDING" else 200))
     stored = row(engine, task.id)
     assert stored.status == status
     assert stored.retry_count == 1
@@ -146,38 +146,38 @@ def test_finish_applies_the_verdict(engine: Engine, creds: Credentials, verdict:
         assert stored.last_status_code == 503
         wait = (stored.due - stored.now).total_seconds()
         assert 28 <= wait <= 32, wait
-        assert take(engine, task.id) == []  # not before its retry delay
+        assert take(store, task.id) == []  # not before its retry delay
 
 
-def test_finish_of_a_stale_attempt_changes_nothing(engine: Engine, creds: Credentials) -> None:
+def test_finish_of_a_stale_attempt_changes_nothing(
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds)
-    (first,) = take(engine, task.id)
+    (first,) = take(store, task.id)
     expire_lease(engine, task.id)
-    (second,) = take(engine, task.id)
+    (second,) = take(store, task.id)
 
-    finish(engine, first, Verdict("fail", error="stale"), result(404))
+    finish(store, first, Verdict("fail", error="stale"), result(404))
     stored = row(engine, task.id)
     assert (stored.status, stored.retry_count, stored.last_error) == ("PENDING", 2, None)
 
-    finish(engine, second, Verdict("complete"))
+    finish(store, second, Verdict("complete"))
     assert row(engine, task.id).status == "COMPLETED"
 
-    finish(engine, first, Verdict("retry", error="late", delay=0), result(500))
+    finish(store, first, Verdict("retry", error="late", delay=0), result(500))
     stored = row(engine, task.id)
     assert (stored.status, stored.last_error) == ("COMPLETED", None)
 
 
-def test_a_stale_and_the_current_attempt_finishing_in_one_batch(engine: Engine,
-                                                                creds: Credentials) -> None:
+def test_a_stale_and_the_current_attempt_finishing_in_one_batch(
+        store: Store, engine: Engine, creds: Credentials) -> None:
     """Outcomes are matched by task and attempt number: the stale one is recorded as
     such, even beside its task's current attempt."""
     task = put(engine, creds)
-    (first,) = take(engine, task.id)
+    (first,) = take(store, task.id)
     expire_lease(engine, task.id)
-    (second,) = take(engine, task.id)
-    with engine.begin() as conn:
-        done = transitions.finish_many(conn, [(first, result(200), Verdict("complete")),
-                                        (second, result(500), Verdict("fail", error="x"))])
+    (second,) = take(store, task.id)
+    done = transitions.finish_many(store, [(first, result(200), Verdict("complete")),
+                                           (second, result(500), Verdict("fail", error="x"))])
     assert [(d.status, d.outcome) for d in done] == [(None, "stale"), ("FAILED", "fail")]
     with engine.begin() as conn:
         recorded = conn.execute(text(
@@ -188,17 +188,16 @@ def test_a_stale_and_the_current_attempt_finishing_in_one_batch(engine: Engine,
 
 
 def test_nul_characters_from_a_hook_do_not_stop_outcomes_being_recorded(
-        engine: Engine, creds: Credentials) -> None:
+        store: Store, engine: Engine, creds: Credentials) -> None:
     """PostgreSQL's text refuses NUL: a hostile hook's reason or headers must not make its
     outcome, or the rest of its batch, unrecordable."""
     hostile, other = put(engine, creds), put(engine, creds)
-    (held,) = take(engine, hostile.id)
-    (fine,) = take(engine, other.id)
+    (held,) = take(store, hostile.id)
+    (fine,) = take(store, other.id)
     answer = AttemptResult(method="POST", started=datetime.now(UTC), elapsed_ms=1,
                            status_code=200, reason="O\x00K", headers={"X-\x00": "a\x00b"})
-    with engine.begin() as conn:
-        transitions.finish_many(conn, [(held, answer, Verdict("complete")),
-                                 (fine, result(200), Verdict("complete"))])
+    transitions.finish_many(store, [(held, answer, Verdict("complete")),
+                                    (fine, result(200), Verdict("complete"))])
     assert row(engine, hostile.id).status == "COMPLETED"
     assert row(engine, other.id).status == "COMPLETED"
     with engine.begin() as conn:
@@ -206,22 +205,24 @@ def test_nul_characters_from_a_hook_do_not_stop_outcomes_being_recorded(
     assert (stored.reason, stored.headers) == ("OK", {"X-": "ab"})
 
 
-def test_cancel_then_finish_changes_nothing(engine: Engine, creds: Credentials) -> None:
+def test_cancel_then_finish_changes_nothing(
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds)
-    (held,) = take(engine, task.id)
+    (held,) = take(store, task.id)
     with engine.begin() as conn:
         assert transitions.cancel(conn, task.id, creds.app_id) is not None
-    finish(engine, held, Verdict("complete"))
+    finish(store, held, Verdict("complete"))
     assert row(engine, task.id).status == "CANCELLED"
-    finish(engine, held, Verdict("retry", error="HTTP 500", delay=0), result(500))
-    take(engine, task.id)  # at most its DELETE notice: never another attempt
+    finish(store, held, Verdict("retry", error="HTTP 500", delay=0), result(500))
+    take(store, task.id)  # at most its DELETE notice: never another attempt
     stored = row(engine, task.id)
     assert (stored.status, stored.retry_count) == ("CANCELLED", 1)
 
 
-def test_terminal_tasks_cannot_be_cancelled(engine: Engine, creds: Credentials) -> None:
+def test_terminal_tasks_cannot_be_cancelled(
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds)
-    finish(engine, take(engine, task.id)[0], Verdict("complete"))
+    finish(store, take(store, task.id)[0], Verdict("complete"))
     with engine.begin() as conn:
         assert transitions.cancel(conn, task.id, creds.app_id) is None
         assert transitions.replay(conn, task.id, creds.app_id) is None  # only FAILED/CANCELLED
@@ -238,26 +239,27 @@ def test_another_application_cannot_cancel_or_read_the_task(
     assert row(engine, task.id).status == "PENDING"
 
 
-def test_replay_renews_a_failed_task(engine: Engine, creds: Credentials) -> None:
+def test_replay_renews_a_failed_task(
+        store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds, max_retries=0)
-    finish(engine, take(engine, task.id)[0], Verdict("fail", error="HTTP 500"), result(500))
+    finish(store, take(store, task.id)[0], Verdict("fail", error="HTTP 500"), result(500))
     with engine.begin() as conn:
         replayed = transitions.replay(conn, task.id, creds.app_id)
     assert replayed is not None
     assert (replayed.status, replayed.retry_count) == ("PENDING", 0)
-    (again,) = take(engine, task.id)
+    (again,) = take(store, task.id)
     assert again.retry_count == 1
 
 
 def test_overdue_returns_oldest_first_and_only_due_pending_tasks(
-        engine: Engine, creds: Credentials) -> None:
+        store: Store, engine: Engine, creds: Credentials) -> None:
     now = datetime.now(UTC)
     newest = put(engine, creds, not_before=now - timedelta(seconds=10))
     oldest = put(engine, creds, not_before=now - timedelta(seconds=30))
     middle = put(engine, creds, not_before=now - timedelta(seconds=20))
     put(engine, creds, delay=60)  # not due
     done = put(engine, creds, not_before=now - timedelta(seconds=40))
-    finish(engine, take(engine, done.id)[0], Verdict("complete"))
+    finish(store, take(store, done.id)[0], Verdict("complete"))
     with engine.begin() as conn:
         found = transitions.overdue(conn, 10)
     assert [task_id for _, task_id in found] == [oldest.id, middle.id, newest.id]
@@ -308,9 +310,9 @@ def test_same_idempotency_key_returns_the_existing_task(
         engine: Engine, creds: Credentials) -> None:
     first = put(engine, creds, idempotency_key="order-42")
     with engine.begin() as conn:
-        again, created = transitions.enqueue(conn, NewTask(url=HOOK + "/other",
-                                                     idempotency_key="order-42"),
-                                       creds.app_id)
+        again, created = enqueue.insert_task(conn, NewTask(url=HOOK + "/other",
+                                                           idempotency_key="order-42"),
+                                             creds.app_id)
     assert not created
     assert again.id == first.id
     assert again.url == HOOK
@@ -334,8 +336,8 @@ def test_concurrent_duplicates_of_an_idempotency_key_make_one_task(
     def submit() -> None:
         gate.wait()
         with engine.begin() as conn:
-            task, created = transitions.enqueue(conn, NewTask(url=HOOK, idempotency_key="race"),
-                                          creds.app_id)
+            task, created = enqueue.insert_task(
+                conn, NewTask(url=HOOK, idempotency_key="race"), creds.app_id)
         outcomes.append((task.id, created))
 
     threads = [threading.Thread(target=submit) for _ in range(6)]
@@ -349,19 +351,18 @@ def test_concurrent_duplicates_of_an_idempotency_key_make_one_task(
 
 
 def test_an_attempt_from_before_a_replay_cannot_finish_the_replayed_task(
-        engine: Engine, creds: Credentials) -> None:
+        store: Store, engine: Engine, creds: Credentials) -> None:
     """Cancel and replay reset the attempt counter; the attempt's identity is never reused."""
     task = put(engine, creds)
-    (before,) = take(engine, task.id)
+    (before,) = take(store, task.id)
     with engine.begin() as conn:
         assert transitions.cancel(conn, task.id, creds.app_id) is not None
         assert transitions.replay(conn, task.id, creds.app_id) is not None
-    (replayed,) = take(engine, task.id)
+    (replayed,) = take(store, task.id)
     assert replayed.retry_count == before.retry_count == 1
     assert replayed.attempt_id != before.attempt_id
-    finish(engine, replayed, Verdict("retry", error="HTTP 503", delay=60), result(503))
-    with engine.begin() as conn:
-        done = transitions.finish(conn, before, result(200), Verdict("complete"))
+    finish(store, replayed, Verdict("retry", error="HTTP 503", delay=60), result(503))
+    done = transitions.finish(store, before, result(200), Verdict("complete"))
     assert done.status is None
     stored = row(engine, task.id)
     assert (stored.status, stored.last_status_code) == ("PENDING", 503)
@@ -376,7 +377,7 @@ def owed(engine: Engine, task_id: uuid.UUID) -> tuple[bool, bool]:
 
 
 def test_the_previous_versions_writes_still_work_after_migration_0002(
-        engine: Engine, creds: Credentials) -> None:
+        store: Store, engine: Engine, creds: Credentials) -> None:
     """Expand only: the previous version's insert, cancel and notice statements (on 0001's
     ``cancel_notice``) run beside this version's, and a notice is owed in both columns
     alike, whichever version cancelled or sent it: sent once, by either."""
@@ -393,11 +394,10 @@ def test_the_previous_versions_writes_still_work_after_migration_0002(
     assert view is not None
     assert view.cancel_notice == "started"
     assert owed(engine, old_id) == (True, True)
-    (notice,) = take(engine, old_id)
+    (notice,) = take(store, old_id)
     assert notice.is_cancel_notice
     assert notice.attempt_id is not None
-    with engine.begin() as conn:
-        transitions.finish_notice(conn, notice, result())
+    transitions.finish_notice(store, notice, result())
     assert owed(engine, old_id) == (False, False)
 
     new = put(engine, creds, cancel_notice="always")
@@ -411,16 +411,16 @@ def test_the_previous_versions_writes_still_work_after_migration_0002(
 
 
 def test_an_attempt_finishing_while_its_task_is_deleted_records_nothing_and_fails_nothing(
-        engine: Engine, creds: Credentials) -> None:
+        store: Store, engine: Engine, creds: Credentials) -> None:
     """The outcome waits for the concurrent ``DELETE /`` and then finds its task gone: the
     batch succeeds without it (it does not fail on the attempts' foreign key)."""
     task = put(engine, creds, cancel_notice="never")
-    (held,) = take(engine, task.id)
+    (held,) = take(store, task.id)
     errors: list[BaseException] = []
 
     def finish_meanwhile() -> None:
         try:
-            finish(engine, held, Verdict("complete"))
+            finish(store, held, Verdict("complete"))
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
@@ -436,3 +436,48 @@ def test_an_attempt_finishing_while_its_task_is_deleted_records_nothing_and_fail
     with engine.begin() as conn:
         assert conn.execute(text("SELECT count(*) FROM attempts")).scalar() == 0
         assert conn.execute(text("SELECT count(*) FROM tasks")).scalar() == 0
+
+
+def writers(engine: Engine, task_id: uuid.UUID) -> set[str]:
+    """The ids of the transactions that last wrote the task's row and its attempts'."""
+    with engine.begin() as conn:
+        return {str(x) for x in conn.execute(text(
+            "SELECT xmin FROM tasks WHERE id = :id "
+            "UNION SELECT xmin FROM attempts WHERE task_id = :id"), {"id": task_id}).scalars()}
+
+
+def test_a_finish_that_creates_a_callback_is_one_transaction(
+        store: Store, engine: Engine, creds: Credentials) -> None:
+    """The verdict, the attempt's record and the callback task commit together."""
+    task = put(engine, creds, callback="https://cb.example/done")
+    plain = put(engine, creds)
+    (held,) = take(store, task.id)
+    (other,) = take(store, plain.id)
+    done, alone = transitions.finish_many(store, [(held, result(200), Verdict("complete")),
+                                                  (other, result(200), Verdict("complete"))])
+    assert (done.status, done.outcome) == ("COMPLETED", "complete")
+    assert done.callback_id is not None
+    assert alone.callback_id is None
+    with engine.begin() as conn:
+        callback = transitions.get(conn, done.callback_id, creds.app_id)
+    assert callback is not None
+    assert (callback.url, callback.callback_of) == ("https://cb.example/done", task.id)
+    written = (writers(engine, task.id) | writers(engine, plain.id)
+               | writers(engine, done.callback_id))
+    assert len(written) == 1
+
+
+def test_a_cancel_creates_the_callback_in_its_transaction(
+        engine: Engine, creds: Credentials) -> None:
+    task = put(engine, creds, callback="https://cb.example/done", cancel_notice="always")
+    with engine.begin() as conn:
+        cancelled = transitions.cancel(conn, task.id, creds.app_id)
+    assert cancelled is not None
+    assert cancelled.notice_owed
+    assert cancelled.task.status == "CANCELLED"
+    assert cancelled.callback_id is not None
+    assert writers(engine, task.id) == writers(engine, cancelled.callback_id)
+    plain = put(engine, creds, cancel_notice="never")
+    with engine.begin() as conn:
+        assert transitions.cancel(conn, plain.id, creds.app_id) == transitions.Cancelled(
+            transitions.get(conn, plain.id, creds.app_id), False, None)

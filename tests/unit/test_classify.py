@@ -34,21 +34,21 @@ def answer(code: int | None, error: str | None = None,
 
 def outcome(result: AttemptResult, held: Acquired | None = None,
             settings: Settings = SETTINGS) -> str:
-    return classify(held or task(), result, settings).outcome
+    return classify(held or task(), result, settings).decision
 
 
 @pytest.mark.parametrize("code", [200, 201, 202, 204, 206, 299])
 def test_any_2xx_completes(code: int) -> None:
     """nTorque counted 202 and 204 as failures."""
     verdict = classify(task(), answer(code), SETTINGS)
-    assert verdict.outcome == "complete"
+    assert verdict.decision == "complete"
     assert verdict.error is None
 
 
 @pytest.mark.parametrize("code", [408, 423, 425, 429, 449, 500, 501, 502, 503, 504, 599])
 def test_transient_statuses_and_5xx_retry(code: int) -> None:
     verdict = classify(task(), answer(code), SETTINGS)
-    assert verdict.outcome == "retry"
+    assert verdict.decision == "retry"
     assert str(code) in (verdict.error or "")
 
 
@@ -58,13 +58,13 @@ def test_transient_statuses_and_5xx_retry(code: int) -> None:
 ])
 def test_network_errors_and_timeouts_retry(error: str) -> None:
     verdict = classify(task(), answer(None, error), SETTINGS)
-    assert verdict.outcome == "retry"
+    assert verdict.decision == "retry"
     assert verdict.error == error
 
 
 def test_410_fails_at_once_even_with_retries_left() -> None:
     verdict = classify(task(attempt=1, max_retries=36), answer(410), SETTINGS)
-    assert verdict.outcome == "fail"
+    assert verdict.decision == "fail"
     assert "410" in (verdict.error or "")
 
 
@@ -72,7 +72,7 @@ def test_410_fails_at_once_even_with_retries_left() -> None:
                                   418, 422, 451])
 def test_other_statuses_fail_at_once(code: int) -> None:
     verdict = classify(task(attempt=1), answer(code), SETTINGS)
-    assert verdict.outcome == "fail"
+    assert verdict.decision == "fail"
     assert str(code) in (verdict.error or "")
 
 
@@ -87,11 +87,11 @@ def test_out_of_retries_fails_and_keeps_the_last_error() -> None:
     """max_retries=1 allows two attempts: the retry after the first, none after the second."""
     assert outcome(answer(500), task(attempt=1, max_retries=1)) == "retry"
     verdict = classify(task(attempt=2, max_retries=1), answer(503), SETTINGS)
-    assert verdict.outcome == "fail"
+    assert verdict.decision == "fail"
     assert "503" in (verdict.error or "")
     timed_out = classify(task(attempt=1, max_retries=0), answer(None, "timed out after 1 s"),
                          SETTINGS)
-    assert timed_out.outcome == "fail"
+    assert timed_out.decision == "fail"
     assert "timed out after 1 s" in (timed_out.error or "")
 
 
@@ -116,7 +116,7 @@ def test_linear_delay_after_the_nth_failure(attempt: int, base: float) -> None:
 
 def test_retry_after_replaces_the_backoff() -> None:
     verdict = classify(task(attempt=1), answer(429, retry_after=30), SETTINGS)
-    assert verdict.outcome == "retry"
+    assert verdict.decision == "retry"
     assert verdict.delay == pytest.approx(30)
     on_503 = classify(task(attempt=6), answer(503, retry_after=1), SETTINGS)
     assert on_503.delay == pytest.approx(1)  # not the 64 s backoff

@@ -166,7 +166,7 @@ def test_refusal_is_final_not_retried() -> None:
     assert_refused(result)
     settings = load_settings({}, min_due_delay=0.1, max_due_delay=1.0)
     task: Any = type("T", (), {"retry_count": 1, "max_retries": 10, "backoff": "linear"})()
-    assert delivery.classify(task, result, settings).outcome == "fail"
+    assert delivery.classify(task, result, settings).decision == "fail"
 
 
 def test_allow_list_opens_exactly_the_listed_address(hook: HookServer, hook2: HookServer) -> None:

@@ -8,7 +8,7 @@ import uuid
 import orjson
 
 from ntq.config import Settings
-from ntq.store import apps
+from ntq.store import apps, db
 from ntq.store.db import make_engine
 
 
@@ -22,7 +22,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         engine.dispose()
 
 
-def _create(conn: apps.Db, args: argparse.Namespace) -> int:
+def _create(conn: db.Db, args: argparse.Namespace) -> int:
     if apps.by_name(conn, args.name) is not None:
         print(f"ntq: an application named {args.name!r} already exists")
         return 1
@@ -32,7 +32,7 @@ def _create(conn: apps.Db, args: argparse.Namespace) -> int:
     return 0
 
 
-def _named_app(conn: apps.Db, name: str) -> uuid.UUID | None:
+def _named_app(conn: db.Db, name: str) -> uuid.UUID | None:
     """The application's id; None, after saying so, when there is none of that name."""
     app_id = apps.by_name(conn, name)
     if app_id is None:
@@ -40,7 +40,7 @@ def _named_app(conn: apps.Db, name: str) -> uuid.UUID | None:
     return app_id
 
 
-def _add_key(conn: apps.Db, args: argparse.Namespace) -> int:
+def _add_key(conn: db.Db, args: argparse.Namespace) -> int:
     app_id = _named_app(conn, args.name)
     if app_id is None:
         return 1
@@ -62,7 +62,7 @@ def _show_credentials(name: str, key: str, secret: str, as_json: bool, **extra: 
     print(f"Signing secret: {secret}")
 
 
-def _list(conn: apps.Db, args: argparse.Namespace) -> int:
+def _list(conn: db.Db, args: argparse.Namespace) -> int:
     rows = apps.list_all(conn)
     if args.json:
         print(orjson.dumps([{"name": r.name, "id": str(r.id), "created": r.created,
@@ -75,7 +75,7 @@ def _list(conn: apps.Db, args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys(conn: apps.Db, args: argparse.Namespace) -> int:
+def _keys(conn: db.Db, args: argparse.Namespace) -> int:
     app_id = _named_app(conn, args.name)
     if app_id is None:
         return 1
@@ -90,7 +90,7 @@ def _keys(conn: apps.Db, args: argparse.Namespace) -> int:
     return 0
 
 
-def _revoke_key(conn: apps.Db, given: str) -> int:
+def _revoke_key(conn: db.Db, given: str) -> int:
     """Revoke the active key named by ``given``: the whole key, or its prefix as
     ``ntq apps keys`` shows it when that names only one active key."""
     given = given.removesuffix("...")
@@ -105,7 +105,7 @@ def _revoke_key(conn: apps.Db, given: str) -> int:
     return 0
 
 
-def _revoke(conn: apps.Db, args: argparse.Namespace) -> int:
+def _revoke(conn: db.Db, args: argparse.Namespace) -> int:
     if args.key:
         return _revoke_key(conn, args.key)
     if not args.name:

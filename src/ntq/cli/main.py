@@ -219,11 +219,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _known_failure(exc: Exception) -> str | None:
     """One line for a failure the user can fix (a database that cannot be reached...), or
     None for a bug, whose traceback is worth seeing."""
-    from sqlalchemy.exc import OperationalError
-
+    from ntq.store.db import Unreachable
     from ntq.store.migrate import MigrationsNotFound
 
-    if isinstance(exc, OperationalError):
+    if isinstance(exc, Unreachable):
         reason = str(exc.orig or exc).strip().splitlines()[0]
         return f"cannot use PostgreSQL ({reason}); check DATABASE_URL"
     if isinstance(exc, MigrationsNotFound):

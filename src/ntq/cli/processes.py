@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 from ntq.config import Settings
-from ntq.store.db import make_engine
+from ntq.store import db
 
 
 def run_worker(settings: Settings, grace: float) -> None:
@@ -18,14 +18,12 @@ def run_worker(settings: Settings, grace: float) -> None:
     assert settings.database_url
     # A fixed pool: attempts hold a connection only to acquire, and outcomes are written
     # in batches, so a few connections serve hundreds of attempts in flight.
-    # Autocommit: acquiring and recording a batch are one statement each.
-    engine = make_engine(settings.database_url, pool_size=min(settings.worker_concurrency, 10),
-                         max_overflow=0, autocommit=True)
-    worker = Worker(settings, engine, settings.worker_concurrency, grace=grace)
+    store = db.connect(settings.database_url, pool_size=min(settings.worker_concurrency, 10))
+    worker = Worker(settings, store, settings.worker_concurrency, grace=grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, worker.request_stop)
     worker.run()
-    engine.dispose()
+    store.dispose()
 
 
 def run_requeue(settings: Settings) -> None:
@@ -34,9 +32,9 @@ def run_requeue(settings: Settings) -> None:
     from ntq.requeue import Requeue
 
     assert settings.database_url
-    engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
-    poller = Requeue(settings, engine, notify.connect(settings, metrics.Tally(engine)))
+    store = db.connect(settings.database_url, pool_size=1, max_overflow=1)
+    poller = Requeue(settings, store, notify.connect(settings, metrics.Tally(store)))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: poller.request_stop())
     poller.run()
-    engine.dispose()
+    store.dispose()

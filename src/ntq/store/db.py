@@ -1,5 +1,12 @@
-"""Database plumbing: metadata with a naming convention, engines and sessions, and the
-policy for work that failed on a connection that no longer serves.
+"""Database plumbing: metadata with a naming convention, the engines of a process (one
+factory, :func:`connect`), the transaction policy, and the policy for work that failed on a
+connection that no longer serves.
+
+Callers hold a :class:`Store` and call the store's functions, which run their own
+statements: a single statement in autocommit (no BEGIN, no COMMIT: one round trip), work of
+several statements in one transaction, each retried on a fresh connection when its own was
+lost. Only the web's request transactions are the caller's (pyramid_tm's), through
+:func:`joined_session`.
 
 psycopg2 is made cooperative by :func:`ntq.green.patch` in gevent processes, so a query
 waits on the hub instead of blocking it.
@@ -16,16 +23,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import sqlalchemy.exc
+import zope.sqlalchemy
 from psycopg2 import errorcodes
 from psycopg2.extensions import TransactionRollbackError
-from sqlalchemy import Connection, MetaData, create_engine, event, text
+from sqlalchemy import Connection, MetaData, create_engine, event, func, select, text
 from sqlalchemy.engine import Engine, ExceptionContext
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session
 
 T = TypeVar("T")
+
+# What the store's functions take: an open connection, or a session in a transaction.
+Db = Connection | Session
+
+# The database's failures as callers catch them, without importing SQLAlchemy:
+DatabaseError = sqlalchemy.exc.SQLAlchemyError  # any failure of the database or the pool
+StatementError = sqlalchemy.exc.DBAPIError  # PostgreSQL, or its connection, failed a statement
+Unreachable = sqlalchemy.exc.OperationalError  # no connection could be made, or it was lost
+PoolTimeout = sqlalchemy.exc.TimeoutError  # no pooled connection came free in time
 
 # Deadlock victims and serialization failures get this many tries in all; a lost
 # connection needs one more (the pool is renewed after the first failure).
@@ -86,32 +104,41 @@ def _discard_if_read_only(context: ExceptionContext) -> None:
 def is_read_only(exc: BaseException) -> bool:
     """Whether ``exc`` (a driver error, or SQLAlchemy's wrapper of one) is PostgreSQL
     refusing a write because the database is read-only."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    orig = exc.orig if isinstance(exc, StatementError) else exc
     return getattr(orig, "pgcode", None) == errorcodes.READ_ONLY_SQL_TRANSACTION
 
 
-def is_conflict(exc: DBAPIError) -> bool:
+def is_conflict(exc: StatementError) -> bool:
     """Whether the transaction lost a deadlock or a serialization conflict."""
     return isinstance(exc.orig, TransactionRollbackError)
 
 
-def retryable(exc: DBAPIError) -> bool:
+def retryable(exc: StatementError) -> bool:
     """Whether the failed work may succeed if run again from the start on a fresh
-    connection: its connection was lost (or discarded as read-only), or its transaction
-    was rolled back to resolve a conflict."""
-    return exc.connection_invalidated or is_conflict(exc)
+    connection: its connection was lost (or discarded as read-only), its transaction was
+    rolled back to resolve a conflict, or a prepared statement it used had vanished from
+    its connection (:mod:`ntq.store.prepared` prepares it again on the next try)."""
+    return (exc.connection_invalidated or is_conflict(exc)
+            or getattr(exc.orig, "pgcode", None) == errorcodes.INVALID_SQL_STATEMENT_NAME)
 
 
-def retrying(engine: Engine, action: Callable[[Connection], T]) -> T:
+def retrying(engine: Engine, action: Callable[[Connection], T], atomic: bool = False) -> T:
     """``action`` on a connection of ``engine``, run again (up to :data:`ATTEMPTS` in all)
-    when it failed in a way that :func:`retryable` says a new try may fix. ``action``
-    commits its own work (on autocommit engines, each statement commits itself)."""
+    when it failed in a way that :func:`retryable` says a new try may fix. On an
+    autocommit engine each statement of ``action`` commits itself, unless ``atomic`` puts
+    them all in one :func:`transaction`."""
+    def once(conn: Connection) -> T:
+        if not atomic:
+            return action(conn)
+        with transaction(conn):
+            return action(conn)
+
     attempt = 1
     while True:
         try:
             with engine.connect() as conn:
-                return action(conn)
-        except DBAPIError as exc:
+                return once(conn)
+        except StatementError as exc:
             if attempt == ATTEMPTS or not retryable(exc):
                 raise
             attempt += 1
@@ -145,6 +172,72 @@ def transaction(conn: Connection) -> Iterator[Connection]:
     conn.exec_driver_sql("COMMIT")
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions that keep loaded values after commit (values cross greenlets and hooks)."""
-    return sessionmaker(bind=engine, expire_on_commit=False)
+@dataclass(frozen=True)
+class Store:
+    """A process's way to PostgreSQL, made by :func:`connect`: ``engine`` in autocommit,
+    for the store's own statements and transactions; ``requests``, for the web only, the
+    pool behind its request transactions (separate pools never switch a connection's
+    mode)."""
+
+    engine: Engine
+    requests: Engine | None = None
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        for engine in self.engines():
+            engine.dispose()
+
+    def engines(self) -> list[Engine]:
+        """Every pool of the store."""
+        return [self.engine, *([self.requests] if self.requests else [])]
+
+
+def connect(url: str, pool_size: int, max_overflow: int = 0, requests: int = 0) -> Store:
+    """The store of a process whose ``pool_size`` greenlets or threads use the database at
+    once (``max_overflow`` more now and then), with a pool of ``requests`` connections for
+    request transactions if it serves the web. No overflow by default: under load, users
+    wait for a pooled connection instead of opening (and, on return, closing) new ones,
+    each a new PostgreSQL backend."""
+    engine = make_engine(url, pool_size=pool_size, max_overflow=max_overflow, autocommit=True)
+    if not requests:
+        return Store(engine)
+    return Store(engine, make_engine(url, pool_size=requests, max_overflow=0))
+
+
+def joined_session(store: Store, manager: Any) -> Session:
+    """A session on the store's request pool that joins the transaction of ``manager``
+    (a ``transaction`` package manager: pyramid_tm's) and commits or aborts with it. It
+    keeps loaded values after commit (values cross greenlets and hooks)."""
+    assert store.requests is not None, "the store was not connected for requests"
+    session = Session(bind=store.requests, expire_on_commit=False)
+    # "changed": ntq writes with Core statements the ORM does not track, so the
+    # transaction must commit without an explicit mark_changed().
+    zope.sqlalchemy.register(session, transaction_manager=manager,
+                             initial_state=zope.sqlalchemy.datamanager.STATUS_CHANGED)
+    return session
+
+
+def locked(store: Store, key: int, work: Callable[[Connection], T]) -> T | None:
+    """``work`` in one transaction that holds advisory lock ``key`` (released at its end),
+    or None without running it while another transaction holds the lock. Run again from
+    the start on a fresh connection if its own was lost."""
+    def attempt(conn: Connection) -> T | None:
+        if not conn.execute(select(func.pg_try_advisory_xact_lock(key))).scalar():
+            return None
+        return work(conn)
+
+    return retrying(store.engine, attempt, atomic=True)
+
+
+def health(store: Store) -> str:
+    """"ok" if every pool of the store reaches a writable database, else "read-only" or
+    "unreachable: <error>". A pooled connection that was lost, or opened while the database
+    was read-only, is replaced first: the answer is about PostgreSQL as it is now."""
+    try:
+        for engine in store.engines():
+            retrying(engine, check_writable)
+    except StatementError as exc:
+        return "read-only" if is_read_only(exc) else f"unreachable: {type(exc).__name__}"
+    except DatabaseError as exc:
+        return f"unreachable: {type(exc).__name__}"
+    return "ok"

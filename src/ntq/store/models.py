@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     Uuid,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -163,3 +166,25 @@ class Count(Base):
     value: Mapped[int] = mapped_column(BigInteger)
     # Not indexed, so that each flush's update can stay a heap-only (HOT) update.
     updated: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+tasks = cast(Table, Task.__table__)
+apps = cast(Table, App.__table__)
+api_keys = cast(Table, ApiKey.__table__)
+attempts = cast(Table, Attempt.__table__)
+counters = cast(Table, Count.__table__)
+
+# What clients see of a task: not the body (it may be large), nor the workers' bookkeeping.
+_HIDDEN = frozenset({"body", "attempt_id", "notice_policy", "notice_owed", "deleted"})
+VIEW_COLUMNS = [c for c in tasks.c if c.name not in _HIDDEN] + [
+    tasks.c.notice_policy.label("cancel_notice"),
+    func.octet_length(tasks.c.body).label("body_size"),
+]
+# A task the application deleted, kept only until its cancel notice is sent.
+VISIBLE = tasks.c.deleted.is_(False)
+
+
+def seconds(value: Any) -> ColumnElement[Any]:
+    """``value`` seconds as a PostgreSQL interval expression."""
+    interval: ColumnElement[Any] = literal_column("interval '1 second'") * value
+    return interval

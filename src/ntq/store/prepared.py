@@ -5,7 +5,8 @@ statement is planned once per connection. Values go to psycopg2 as they are (SQL
 type processing is bypassed): psycopg2 adapts all but dicts, sent here as JSON.
 Where the prepared statement is missing (a pooler in transaction mode, ``DISCARD ALL``),
 the call runs the same statement unprepared; inside a transaction, which the failure has
-aborted, it raises instead, and the caller's retry prepares the statement again.
+aborted, it raises instead, and :func:`ntq.store.db.retrying` (which every store function
+using a prepared statement runs under) runs the work again, preparing the statement anew.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Prepared:
                 raise
             info.pop(self.name, None)
             if _in_failed_transaction(conn):
-                raise  # the caller's retry prepares it again
+                raise  # retrying runs the work again, which prepares it anew
             values = {name: adapt(value) for name, value in params.items()}
             return list(conn.exec_driver_sql(self.unprepared, values))
 

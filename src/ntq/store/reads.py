@@ -5,17 +5,23 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Row, Table, and_, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, and_, func, select
 
 from ntq.records import TaskView
-from ntq.store.models import COMPLETED, FAILED, PENDING, STATUSES, Attempt
-from ntq.store.transitions import VIEW_COLUMNS, VISIBLE, seconds, tasks
-
-Db = Connection | Session
-attempts = cast(Table, Attempt.__table__)
+from ntq.store.db import Db
+from ntq.store.models import (
+    COMPLETED,
+    FAILED,
+    PENDING,
+    STATUSES,
+    VIEW_COLUMNS,
+    VISIBLE,
+    attempts,
+    seconds,
+    tasks,
+)
 
 
 @dataclass(frozen=True)

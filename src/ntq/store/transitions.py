@@ -1,10 +1,17 @@
-"""Every task state transition, one short function each.
+"""Every task state transition, one short function each: acquire, finish, cancel, replay,
+delete, requeue sweeps and cleanup. No task is inserted here (see :mod:`ntq.store.enqueue`,
+which also inserts the callback tasks that a finish or a cancel creates).
 
 Each write that ends an attempt is guarded by the identity of the attempt it acquired (new at
 every acquire, never reused, not even after a replay) and by the task still being PENDING,
 so a stale, slow or cancelled attempt never overwrites a newer state; a terminal task leaves
-its state only by an explicit replay. Functions take an open connection or session; the
-caller owns the transaction and notifies Redis after commit.
+its state only by an explicit replay.
+
+The worker's functions take the :class:`~ntq.store.db.Store` and run their own statements:
+one autocommit statement each, except that a finish creating callback tasks, and a cancel
+notice's record, are one transaction; all run again on a fresh connection if theirs was
+lost. The others take the connection or session of a transaction their caller holds (the
+web's request, the requeue poller's locked round). Callers notify Redis after commit.
 """
 
 from __future__ import annotations
@@ -21,8 +28,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     CursorResult,
-    Float,
-    Table,
     and_,
     any_,
     bindparam,
@@ -31,7 +36,6 @@ from sqlalchemy import (
     false,
     func,
     insert,
-    literal_column,
     or_,
     select,
     text,
@@ -39,132 +43,31 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
 
 from ntq import serialize
-from ntq.records import Acquired, AttemptResult, NewTask, TaskView, Verdict
-from ntq.store.models import CANCELLED, COMPLETED, FAILED, PENDING, TERMINAL, App, Attempt, Task
+from ntq.records import (
+    TERMINAL,
+    Acquired,
+    AttemptResult,
+    NewTask,
+    Outcome,
+    Status,
+    TaskView,
+    Verdict,
+)
+from ntq.store import enqueue
+from ntq.store.db import Db, Store, retrying
+from ntq.store.models import VIEW_COLUMNS, VISIBLE, apps, attempts, seconds, tasks
 from ntq.store.prepared import Prepared
-from ntq.store.uuid7 import uuid7
-
-Db = Connection | Session
-
-tasks = cast(Table, Task.__table__)
-apps = cast(Table, App.__table__)
-attempts = cast(Table, Attempt.__table__)
 
 # Extra lease beyond the attempt's timeout: covers clock skew and the time to record.
 LEASE_GRACE = 10
 # A cancel notice (the DELETE sent to the hook) gets at most this long per try.
 NOTICE_TIMEOUT = 10
 
-# What clients see of a task: not the body (it may be large), nor the workers' bookkeeping.
-_HIDDEN = frozenset({"body", "attempt_id", "notice_policy", "notice_owed", "deleted"})
-VIEW_COLUMNS = [c for c in tasks.c if c.name not in _HIDDEN] + [
-    tasks.c.notice_policy.label("cancel_notice"),
-    func.octet_length(tasks.c.body).label("body_size"),
-]
-# A task the application deleted, kept only until its cancel notice is sent.
-VISIBLE = tasks.c.deleted.is_(False)
 
-
-def seconds(value: Any) -> ColumnElement[Any]:
-    """``value`` seconds as a PostgreSQL interval expression."""
-    interval: ColumnElement[Any] = literal_column("interval '1 second'") * value
-    return interval
-
-
-def insert_params(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
-    """The bound values of one new task's row (its id is minted here)."""
-    return {
-        "id": uuid7(), "app_id": app_id, "status": PENDING, "url": new.url,
-        "method": new.method, "headers": new.headers, "body": new.body,
-        "content_type": new.content_type, "timeout": new.timeout,
-        "not_before": new.not_before, "delay": float(new.delay),
-        "retry_count": 0, "max_retries": new.max_retries, "backoff": new.backoff,
-        "callback": new.callback, "idempotency_key": new.idempotency_key,
-        "callback_of": new.callback_of, "notice_policy": new.cancel_notice,
-    }
-
-
-def new_view(new: NewTask, sent: dict[str, Any], app_id: uuid.UUID | None, due: datetime,
-             created: datetime) -> TaskView:
-    """The view of a task just inserted from ``sent`` (its :func:`insert_params`), given
-    what the database decided: its due and creation times."""
-    return TaskView(
-        id=sent["id"], app_id=app_id, status=PENDING, url=new.url, method=new.method,
-        headers=new.headers, content_type=new.content_type, timeout=new.timeout, due=due,
-        retry_count=0, max_retries=new.max_retries, backoff=new.backoff, created=created,
-        modified=created, last_status_code=None, last_error=None, callback=new.callback,
-        idempotency_key=new.idempotency_key, callback_of=new.callback_of,
-        cancel_notice=new.cancel_notice, body_size=len(new.body))
-
-
-INSERT_COLUMNS = (
-    "id", "app_id", "status", "url", "method", "headers", "body", "content_type", "timeout",
-    "retry_count", "max_retries", "backoff", "callback", "idempotency_key", "callback_of",
-    "notice_policy",
-)
-
-
-def due_expression() -> ColumnElement[Any]:
-    """A new task's ``due``: ``not_before`` if bound, else the database's now + ``delay``."""
-    due: ColumnElement[Any] = func.coalesce(
-        bindparam("not_before", type_=tasks.c.due.type),
-        func.now() + seconds(bindparam("delay", type_=Float)))
-    return due
-
-
-# Built once: the hot path binds parameters instead of building and hashing a statement
-# per request.
-_INSERT = pg_insert(tasks).values({
-    **{name: bindparam(name, type_=tasks.c[name].type) for name in INSERT_COLUMNS},
-    "due": due_expression(),
-})
-_INSERT_RETURNING = _INSERT.returning(*VIEW_COLUMNS)
-_INSERT_IDEMPOTENT = _INSERT.on_conflict_do_nothing(
-    index_elements=["app_id", "idempotency_key"],
-    index_where=tasks.c.idempotency_key.isnot(None),
-).returning(*VIEW_COLUMNS)
-
-
-def enqueue(db: Db, new: NewTask, app_id: uuid.UUID | None) -> tuple[TaskView, bool]:
-    """Insert a PENDING task; return it and whether it is new.
-
-    With an idempotency key already used by the application, the existing task is
-    returned instead (``False``), even when the duplicate arrives concurrently: the
-    unique index makes the second insert wait for the first and then do nothing.
-    """
-    stmt = _INSERT_RETURNING if new.idempotency_key is None else _INSERT_IDEMPOTENT
-    row = db.execute(stmt, insert_params(new, app_id)).first()
-    if row is not None:
-        return TaskView.from_row(row), True
-    existing = by_idempotency_key(db, app_id, new.idempotency_key or "")
-    if existing is None:  # the key's task was deleted between the two statements
-        return enqueue(db, new, app_id)
-    return existing, False
-
-
-def enqueue_many(db: Db, batch: Sequence[NewTask],
-                 app_id: uuid.UUID | None) -> list[tuple[TaskView, bool]]:
-    """Insert a batch in one round trip (one by one where idempotency keys need checks)."""
-    if any(new.idempotency_key for new in batch):
-        return [enqueue(db, new, app_id) for new in batch]
-    params = [insert_params(new, app_id) for new in batch]
-    rows = db.execute(_INSERT.returning(*VIEW_COLUMNS, sort_by_parameter_order=True), params)
-    return [(TaskView.from_row(row), True) for row in rows]
-
-
-def by_idempotency_key(db: Db, app_id: uuid.UUID | None, key: str) -> TaskView | None:
-    """The application's task created with idempotency key ``key``, if any."""
-    stmt = select(*VIEW_COLUMNS).where(
-        tasks.c.app_id.is_not_distinct_from(app_id), tasks.c.idempotency_key == key
-    )
-    row = db.execute(stmt).first()
-    return TaskView.from_row(row) if row else None
-
-
+# Two reads stay beside the changes they serve: the task a change applies to (get), and the
+# response a callback reports (latest_response).
 def get(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
     """The task, if it exists and belongs to ``app_id``."""
     stmt = select(*VIEW_COLUMNS).where(
@@ -178,7 +81,7 @@ def _acquire_statement() -> Prepared:
     secret = (
         select(apps.c.signing_secret).where(apps.c.id == tasks.c.app_id).scalar_subquery()
     )
-    delivering = tasks.c.status == PENDING
+    delivering = tasks.c.status == Status.PENDING
     lease = case((delivering, tasks.c.timeout), else_=NOTICE_TIMEOUT * 3) + LEASE_GRACE
     stmt = (
         update(tasks)
@@ -206,71 +109,79 @@ def _acquire_statement() -> Prepared:
 _ACQUIRE = _acquire_statement()
 
 
-def acquire(conn: Db, ids: Sequence[uuid.UUID]) -> list[Acquired]:
+def acquire(store: Store, ids: Sequence[uuid.UUID]) -> list[Acquired]:
     """Take the due tasks among ``ids``: PENDING ones for one delivery attempt each,
     CANCELLED ones that still owe their hook a DELETE notice.
 
     One statement: a delivery gets a new ``attempt_id`` and ``retry_count`` += 1, and
     ``due`` is pushed past the attempt's end (timeout plus grace) so no other worker takes
     the task while this attempt can still run. Ids that are not due (running elsewhere,
-    delayed, finished, deleted) are skipped.
+    delayed, finished, deleted) are skipped. Run again on a fresh connection if its own
+    was lost.
     """
-    return [Acquired.from_row(row) for row in _ACQUIRE.rows(_connection(conn), {"ids": list(ids)})]
-
-
-def _connection(db: Db) -> Connection:
-    """The Core connection under ``db`` (prepared statements run on the driver)."""
-    return db if isinstance(db, Connection) else db.connection()
+    rows = retrying(store.engine, lambda conn: _ACQUIRE.rows(conn, {"ids": list(ids)}))
+    return [Acquired.from_row(row) for row in rows]
 
 
 @dataclass(frozen=True)
 class Finished:
-    """What a guarded write changed: the new status (None if stale), the callback task it
-    created, if any, and the outcome recorded for the attempt."""
+    """What a guarded write changed: the new status (None if stale), the outcome recorded
+    for the attempt, and the callback task it created, if any."""
 
-    status: str | None
+    status: Status | None
+    outcome: Outcome
     callback_id: uuid.UUID | None = None
-    outcome: str = ""
 
 
-Outcome = tuple[Acquired, AttemptResult, Verdict]
+# One attempt as the worker ends it: the task it held, what the call produced, the verdict.
+Judged = tuple[Acquired, AttemptResult, Verdict]
 
 
-def finish(conn: Db, task: Acquired, result: AttemptResult, verdict: Verdict) -> Finished:
+def finish(store: Store, task: Acquired, result: AttemptResult, verdict: Verdict) -> Finished:
     """Apply one attempt's verdict: :func:`finish_many` for a single attempt."""
-    return finish_many(conn, [(task, result, verdict)])[0]
+    return finish_many(store, [(task, result, verdict)])[0]
 
 
-def finish_many(conn: Db, outcomes: Sequence[Outcome]) -> list[Finished]:
+def finish_many(store: Store, judged: Sequence[Judged]) -> list[Finished]:
     """Apply verdicts, each guarded by its attempt's identity, and record the attempts: one
-    statement for the whole batch.
+    autocommit statement for the whole batch.
 
     A status is None when the attempt was stale (the task was cancelled, deleted or
     re-acquired meanwhile): nothing changed, and the attempt is recorded as ``stale``.
-    Reaching a terminal state with a ``callback`` creates the callback's delivery task
-    (in the caller's transaction: give one for tasks with callbacks).
+    Reaching a terminal state with a ``callback`` creates the callback's delivery task, in
+    one transaction with the batch's statement. Run again on a fresh connection if its own
+    was lost.
     """
-    rows = _FINISH.rows(_connection(conn), {"batch": _finish_json(outcomes)})
+    with_callbacks = any(task.callback for task, _, _ in judged)
+    return retrying(store.engine, lambda conn: _finish_many(conn, judged),
+                    atomic=with_callbacks)
+
+
+def _finish_many(conn: Connection, judged: Sequence[Judged]) -> list[Finished]:
+    rows = _FINISH.rows(conn, {"batch": _finish_json(judged)})
     applied = {(row.id, row.attempt_id) for row in rows}
-    finished = [_finished(task, verdict, applied) for task, _, verdict in outcomes]
+    finished = [_finished(task, verdict, applied) for task, _, verdict in judged]
     return [_with_callback(conn, task, done)
-            for (task, _, _), done in zip(outcomes, finished, strict=True)]
+            for (task, _, _), done in zip(judged, finished, strict=True)]
 
 
-_STATUS_OF = {"complete": COMPLETED, "fail": FAILED, "retry": PENDING}
+_STATUS_OF = {Outcome.COMPLETE: Status.COMPLETED, Outcome.FAIL: Status.FAILED,
+              Outcome.RETRY: Status.PENDING}
 
 
 def _finished(task: Acquired, verdict: Verdict,
               applied: set[tuple[uuid.UUID, uuid.UUID]]) -> Finished:
+    outcome = verdict.decision
     if (task.id, task.attempt_id) in applied:
-        return Finished(_STATUS_OF[verdict.outcome], outcome=verdict.outcome)
-    return Finished(None, outcome="interrupted" if verdict.outcome == "interrupted" else "stale")
+        return Finished(_STATUS_OF[outcome], outcome)
+    return Finished(None, Outcome.INTERRUPTED if outcome is Outcome.INTERRUPTED
+                    else Outcome.STALE)
 
 
-def _with_callback(conn: Db, task: Acquired, done: Finished) -> Finished:
-    if done.status in (None, PENDING) or not task.callback:
+def _with_callback(conn: Connection, task: Acquired, done: Finished) -> Finished:
+    if done.status in (None, Status.PENDING) or not task.callback:
         return done
-    return Finished(done.status, add_callback(conn, task.id), done.outcome)
+    return Finished(done.status, done.outcome, _add_callback(conn, task.id))
 
 
 # The batch travels as one JSON array (bodies in base64). The guarded UPDATE applies each
@@ -317,18 +228,18 @@ _FINISH = Prepared.of("ntq_finish_0002", text(
 ))
 
 
-def _finish_json(outcomes: Sequence[Outcome]) -> str:
+def _finish_json(judged: Sequence[Judged]) -> str:
     return serialize.dumps([{
         "task_id": task.id, "attempt_id": task.attempt_id, "number": task.retry_count,
-        "status": _STATUS_OF.get(verdict.outcome), "code": result.status_code,
+        "status": _STATUS_OF.get(verdict.decision), "code": result.status_code,
         "last_error": _storable(verdict.error), "delay": float(verdict.delay or 0),
         "method": result.method, "started": result.started, "elapsed_ms": result.elapsed_ms,
         "reason": _storable(result.reason),
         "headers": _storable_headers(result.headers),
         "body": None if result.body is None else base64.b64encode(result.body).decode(),
         "truncated": result.truncated, "error": _storable(result.error),
-        "outcome": verdict.outcome,
-    } for task, result, verdict in outcomes]).decode()
+        "outcome": verdict.decision,
+    } for task, result, verdict in judged]).decode()
 
 
 def _storable(text: str | None) -> Any:
@@ -343,10 +254,16 @@ def _storable_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
         _storable(name): _storable(value) for name, value in headers.items()}
 
 
-def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> bool:
+def finish_notice(store: Store, task: Acquired, result: AttemptResult) -> bool:
     """Record the DELETE sent to a cancelled task's hook: the notice is no longer owed (unless
     the task was cancelled again since, which owes a new one). A task deleted by its
-    application, kept only for this notice, goes now. Run in a transaction."""
+    application, kept only for this notice, goes now. One transaction, run again on a
+    fresh connection if its own was lost; True once committed."""
+    retrying(store.engine, lambda conn: _finish_notice(conn, task, result), atomic=True)
+    return True
+
+
+def _finish_notice(conn: Connection, task: Acquired, result: AttemptResult) -> None:
     owed = conn.execute(
         update(tasks)
         .where(tasks.c.id == task.id, tasks.c.attempt_id == task.attempt_id,
@@ -355,19 +272,18 @@ def finish_notice(conn: Db, task: Acquired, result: AttemptResult) -> bool:
         .returning(tasks.c.deleted)).first()
     if owed is not None and owed.deleted:
         conn.execute(delete(tasks).where(tasks.c.id == task.id))
-        return True
+        return
     # Locked against deletion, so that the attempt's row has its task.
     if conn.execute(select(tasks.c.id).where(tasks.c.id == task.id)
                     .with_for_update(key_share=True)).first() is None:
-        return True
+        return
     conn.execute(insert(attempts).values(
         task_id=task.id, number=task.retry_count, method=result.method,
         started=result.started, elapsed_ms=result.elapsed_ms,
         status_code=result.status_code, reason=_storable(result.reason),
         headers=_storable_headers(result.headers),
         body=result.body, truncated=result.truncated, error=_storable(result.error),
-        outcome="cancel_notice"))
-    return True
+        outcome=Outcome.CANCEL_NOTICE))
 
 
 def latest_response(db: Db, task_id: uuid.UUID) -> Any:
@@ -375,14 +291,14 @@ def latest_response(db: Db, task_id: uuid.UUID) -> Any:
     stmt = (
         select(attempts)
         .where(attempts.c.task_id == task_id,
-               attempts.c.outcome.in_(["complete", "retry", "fail"]))
+               attempts.c.outcome.in_([Outcome.COMPLETE, Outcome.RETRY, Outcome.FAIL]))
         .order_by(attempts.c.id.desc())
         .limit(1)
     )
     return db.execute(stmt).first()
 
 
-def add_callback(conn: Db, task_id: uuid.UUID) -> uuid.UUID | None:
+def _add_callback(conn: Db, task_id: uuid.UUID) -> uuid.UUID | None:
     """Create the task that POSTs ``{"task", "response"}`` to the finished task's callback."""
     row = conn.execute(select(*VIEW_COLUMNS).where(tasks.c.id == task_id)).first()
     if row is None or not row.callback:
@@ -394,7 +310,7 @@ def add_callback(conn: Db, task_id: uuid.UUID) -> uuid.UUID | None:
     new = NewTask(url=view.callback or "", body=serialize.dumps(payload),
                   content_type="application/json", timeout=view.timeout,
                   max_retries=view.max_retries, backoff=view.backoff, callback_of=view.id)
-    created, _ = enqueue(conn, new, row.app_id)
+    created, _ = enqueue.insert_task(conn, new, row.app_id)
     return created.id
 
 
@@ -407,25 +323,35 @@ def _notice_owed() -> ColumnElement[bool]:
     return owed
 
 
-def cancel(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None
-           ) -> tuple[TaskView, bool] | None:
-    """PENDING -> CANCELLED; the running attempt, if any, can no longer finish it (its
-    identity is replaced by the notice's).
+@dataclass(frozen=True)
+class Cancelled:
+    """A task just cancelled, whether its hook is owed a DELETE notice (see
+    ``cancel_notice``), and the callback task the cancel created, if any."""
 
-    Returns the cancelled task and whether its hook is owed a DELETE notice (see
-    ``cancel_notice``), or None if it was not PENDING.
+    task: TaskView
+    notice_owed: bool
+    callback_id: uuid.UUID | None
+
+
+def cancel(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> Cancelled | None:
+    """PENDING -> CANCELLED; the running attempt, if any, can no longer finish it (its
+    identity is replaced by the notice's). A task with a ``callback`` gets its callback
+    task, in the same transaction (the caller's). None if the task was not PENDING.
     """
     stmt = (
         update(tasks)
         .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
-               tasks.c.status == PENDING, VISIBLE)
-        .values(status=CANCELLED, modified=func.now(), due=func.now(),
+               tasks.c.status == Status.PENDING, VISIBLE)
+        .values(status=Status.CANCELLED, modified=func.now(), due=func.now(),
                 notice_owed=_notice_owed(), attempt_id=func.gen_random_uuid(),
                 last_error="cancelled")
         .returning(*VIEW_COLUMNS, tasks.c.notice_owed)
     )
     row = db.execute(stmt).first()
-    return (TaskView.from_row(row), row.notice_owed) if row else None
+    if row is None:
+        return None
+    callback_id = _add_callback(db, task_id) if row.callback else None
+    return Cancelled(TaskView.from_row(row), row.notice_owed, callback_id)
 
 
 def replay(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None:
@@ -434,8 +360,8 @@ def replay(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | N
     stmt = (
         update(tasks)
         .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
-               tasks.c.status.in_([FAILED, CANCELLED]), VISIBLE)
-        .values(status=PENDING, due=func.now(), retry_count=0, modified=func.now(),
+               tasks.c.status.in_([Status.FAILED, Status.CANCELLED]), VISIBLE)
+        .values(status=Status.PENDING, due=func.now(), retry_count=0, modified=func.now(),
                 last_error=None, notice_owed=False, attempt_id=None, first_due=None)
         .returning(*VIEW_COLUMNS)
     )
@@ -451,7 +377,7 @@ def delete_all(db: Db, app_id: uuid.UUID | None) -> list[uuid.UUID]:
     returned.
     """
     mine = tasks.c.app_id.is_not_distinct_from(app_id)
-    pending = tasks.c.status == PENDING
+    pending = tasks.c.status == Status.PENDING
     # Lock the tasks first (in id order, as every bulk write here does), so that no worker
     # starts an attempt between choosing which tasks owe a notice and deleting the rest.
     db.execute(select(func.count()).select_from(
@@ -460,7 +386,7 @@ def delete_all(db: Db, app_id: uuid.UUID | None) -> list[uuid.UUID]:
     kept = db.execute(
         update(tasks)
         .where(mine, VISIBLE, or_(and_(pending, _notice_owed()), tasks.c.notice_owed))
-        .values(status=CANCELLED, deleted=True, notice_owed=True, idempotency_key=None,
+        .values(status=Status.CANCELLED, deleted=True, notice_owed=True, idempotency_key=None,
                 modified=func.now(), due=func.now(), last_error="deleted",
                 attempt_id=case((pending, func.gen_random_uuid()),
                                 else_=tasks.c.attempt_id))
@@ -484,7 +410,7 @@ def overdue(conn: Db, limit: int, after: Cursor | None = None) -> list[Cursor]:
     ``after`` continues a sweep where the previous batch ended. The partial index on
     ``(due, id) WHERE status = 'PENDING'`` serves both the filter and the order.
     """
-    stmt = select(tasks.c.due, tasks.c.id).where(tasks.c.status == PENDING,
+    stmt = select(tasks.c.due, tasks.c.id).where(tasks.c.status == Status.PENDING,
                                                  tasks.c.due <= func.now())
     if after is not None:
         stmt = stmt.where(tuple_(tasks.c.due, tasks.c.id) > tuple_(*after))

@@ -8,7 +8,7 @@ from pyramid.config import Configurator
 
 from ntq import metrics, notify
 from ntq.config import Settings
-from ntq.store.db import make_engine, make_session_factory
+from ntq.store import db
 from ntq.web.services import Services
 
 
@@ -26,13 +26,8 @@ def make_app(settings: Settings, pool_size: int = 10) -> Any:
 def _services(settings: Settings, pool_size: int) -> Services:
     assert settings.database_url
     # Half the connections serve request transactions, half the single-statement enqueue
-    # hot path, which commits on its own; separate pools never switch a connection's mode.
-    # No overflow: under load, requests wait for a pooled connection instead of opening
-    # (and, on return, closing) new ones, each a new PostgreSQL backend.
+    # hot path, which commits on its own.
     half = max(1, pool_size // 2)
-    engine = make_engine(settings.database_url, pool_size=half, max_overflow=0)
-    autocommit = make_engine(settings.database_url, pool_size=half, max_overflow=0,
-                             autocommit=True)
-    notifier = notify.connect(settings, metrics.Tally(autocommit))
-    return Services(settings, engine, autocommit, make_session_factory(engine), notifier,
-                    notify.EnqueueHints(notifier))
+    store = db.connect(settings.database_url, pool_size=half, requests=half)
+    notifier = notify.connect(settings, metrics.Tally(store))
+    return Services(settings, store, notifier, notify.EnqueueHints(notifier))

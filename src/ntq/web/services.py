@@ -6,23 +6,19 @@ from dataclasses import dataclass
 
 from pyramid.registry import Registry
 from pyramid.request import Request
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from ntq import notify
 from ntq.config import Settings
+from ntq.store.db import Store
 
 
 @dataclass(frozen=True)
 class Services:
-    """The settings, the two database pools and the notifier, held by the registry as
-    ``registry.ntq``. ``engine`` serves request transactions (through ``sessions``),
-    ``autocommit`` the single-statement enqueue hot path."""
+    """The settings, the store (its request pool behind ``request.db``) and the notifier,
+    held by the registry as ``registry.ntq``."""
 
     settings: Settings
-    engine: Engine
-    autocommit: Engine
-    sessions: sessionmaker[Session]
+    store: Store
     notifier: notify.Notifier
     enqueue_hints: notify.EnqueueHints
 
@@ -30,8 +26,7 @@ class Services:
         """Flush the counters and close the pools: for a process that keeps running after
         it is done with the app (tests, tools)."""
         self.notifier.tally.flush()
-        self.engine.dispose()
-        self.autocommit.dispose()
+        self.store.dispose()
 
 
 def of(registry: Registry) -> Services:

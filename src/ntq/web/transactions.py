@@ -3,7 +3,6 @@ failed in a way a new try may fix; ``request.db`` is a session joined to it."""
 
 from __future__ import annotations
 
-import zope.sqlalchemy
 from pyramid.config import Configurator
 from pyramid.request import Request
 from sqlalchemy.orm import Session
@@ -36,9 +35,4 @@ def _retry_attempts(request: Request) -> int | None:
 
 def _session(request: Request) -> Session:
     """``request.db``: a session joined to the request's transaction."""
-    session = services.services(request).sessions()
-    # "changed": ntq writes with Core statements the ORM does not track, so the
-    # transaction must commit without an explicit mark_changed().
-    zope.sqlalchemy.register(session, transaction_manager=request.tm,
-                             initial_state=zope.sqlalchemy.datamanager.STATUS_CHANGED)
-    return session
+    return db.joined_session(services.services(request).store, request.tm)

@@ -12,10 +12,9 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import exception_view_config
 from pyramid_retry import mark_error_retryable
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ntq.store import db
+from ntq.store.db import PoolTimeout, StatementError, Unreachable
 
 log = structlog.get_logger(__name__)
 
@@ -90,8 +89,8 @@ def database_busy(exc: PoolTimeout, request: Request) -> Response:
                         "no PostgreSQL connection was free in time; retry shortly")
 
 
-@exception_view_config(DBAPIError)
-def database_error(exc: DBAPIError, request: Request) -> Response:
+@exception_view_config(StatementError)
+def database_error(exc: StatementError, request: Request) -> Response:
     """PostgreSQL failed the request. When a new try may succeed (a lost connection, a
     deadlock), pyramid_retry runs the request again and discards this answer; after the
     last try, the client is told what happened and when to retry."""
@@ -105,7 +104,7 @@ def database_error(exc: DBAPIError, request: Request) -> Response:
         log.warning("web.database_conflict", error=type(exc.orig).__name__)
         return _retry_later("database_conflict",
                             "the transaction kept conflicting with concurrent ones; retry")
-    if exc.connection_invalidated or isinstance(exc, OperationalError):
+    if exc.connection_invalidated or isinstance(exc, Unreachable):
         log.warning("web.database_unavailable", error=type(exc.orig).__name__)
         return _retry_later("database_unavailable", "PostgreSQL is unreachable; retry shortly")
     log.exception("web.database_error")

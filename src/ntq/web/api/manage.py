@@ -29,10 +29,9 @@ def cancel_task(request: Request) -> Response:
     cancelled = transitions.cancel(request.db, task.id, request.caller.app_id)
     if cancelled is None:
         raise ApiError(409, "not_pending", f"the task is already {task.status}")
-    _, notice = cancelled
-    callback_id = transitions.add_callback(request.db, task.id) if task.callback else None
     notifier = services(request).notifier
-    after_commit(request, lambda: notifier.cancelled(task.id, callback_id, notice))
+    after_commit(request, lambda: notifier.cancelled(task.id, cancelled.callback_id,
+                                                     cancelled.notice_owed))
     return Response(status=204)
 
 

@@ -8,7 +8,7 @@ from pyramid.response import Response
 from pyramid.view import view_config
 
 from ntq import metrics
-from ntq.store import reads
+from ntq.store import counters, reads
 from ntq.web.api.render import json_response
 from ntq.web.services import services
 
@@ -24,5 +24,5 @@ def prometheus(request: Request) -> Response:
     """Counters every process adds to (kept in PostgreSQL), backlog gauges, and the
     notifier's own."""
     gauges = {**reads.backlog_gauges(request.db), **services(request).notifier.gauges()}
-    body = metrics.render(metrics.totals(request.db), gauges)
+    body = metrics.render(counters.totals(request.db), gauges)
     return Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

@@ -14,7 +14,6 @@ from gunicorn.http.errors import ParseException
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ntq import __version__
 from ntq.records import NewTask, TaskView
@@ -124,9 +123,7 @@ def submit(request: Request, key: str | None, batch: list[NewTask]) -> Submitted
     """Store ``batch`` for the key's application (401 if the key is not valid), then
     wake the workers: :mod:`ntq.store.enqueue`, one autocommit statement, outside the request's
     transaction (so retried by itself on a fresh connection if its own was lost)."""
-    done = db.retrying(services(request).autocommit, lambda conn: (
-        enqueue.submit(conn, batch[0], key) if len(batch) == 1
-        else enqueue.submit_batch(conn, batch, key)))
+    done = enqueue.submit(services(request).store, batch, key)
     if done is None:
         raise auth.invalid_key()
     notify_enqueued(request, [(task, new) for (task, created), new
@@ -214,11 +211,4 @@ def _check_db(request: Request) -> str:
     """Both pools reach a writable database: the request transactions' and the enqueue
     statements'. A pooled connection that was lost, or opened while the database was
     read-only, is replaced first: the answer is about PostgreSQL as it is now."""
-    try:
-        for engine in (services(request).engine, services(request).autocommit):
-            db.retrying(engine, db.check_writable)
-    except DBAPIError as exc:
-        return "read-only" if db.is_read_only(exc) else f"unreachable: {type(exc).__name__}"
-    except SQLAlchemyError as exc:
-        return f"unreachable: {type(exc).__name__}"
-    return "ok"
+    return db.health(services(request).store)
