@@ -1,4 +1,4 @@
-"""The code stays ruff and mypy clean: the suite fails otherwise."""
+"""The code stays ruff clean, ruff formatted and mypy clean: the suite fails otherwise."""
 
 from __future__ import annotations
 
@@ -10,12 +10,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_ruff_is_clean() -> None:
     result = run("ruff", "check", "src", "tests", "alembic")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_applied() -> None:
+    result = run("ruff", "format", "--check", "src", "tests", "alembic")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

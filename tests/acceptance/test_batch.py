@@ -21,7 +21,8 @@ stack = module_stack()  # one web and one worker for the module; each test has a
 
 
 def test_a_valid_batch_of_1000_is_stored_and_delivered(
-        app: tuple[Api, Credentials], engine: Engine, hook: HookServer) -> None:
+    app: tuple[Api, Credentials], engine: Engine, hook: HookServer
+) -> None:
     api, creds = app
     hook.script("/b")
     batch = [{"url": f"{hook.url}/b?i={i}", "json": {"i": i}} for i in range(1000)]
@@ -49,8 +50,10 @@ def test_single_tasks_and_body_forms(app: tuple[Api, Credentials], hook: HookSer
     items = {
         "/json": {"json": {"a": [1, "ü"]}},
         "/text": {"body": "plain ✓", "method": "PUT"},
-        "/b64": {"body_base64": base64.b64encode(b"\x00\xff\xfe").decode(),
-                 "content_type": "application/octet-stream"},
+        "/b64": {
+            "body_base64": base64.b64encode(b"\x00\xff\xfe").decode(),
+            "content_type": "application/octet-stream",
+        },
         "/headers": {"headers": {"X-Trace": "t-1"}, "max_retries": 3, "timeout": 5},
     }
     for path, extra in items.items():

@@ -20,7 +20,8 @@ from tests.support.tasks import statuses
 
 
 def test_worker_killed_mid_delivery_is_delivered_again(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     stack.requeue()
     doomed = stack.worker()
     url = hook.script("/crash", {"sleep": 30, "status": 200}, {"status": 200})
@@ -44,8 +45,7 @@ def test_worker_killed_mid_delivery_is_delivered_again(
     assert (task["status"], task["retry_count"]) == ("COMPLETED", 2)
 
 
-def test_sigterm_lets_the_running_attempt_finish(api: Api, stack: Stack,
-                                                hook: HookServer) -> None:
+def test_sigterm_lets_the_running_attempt_finish(api: Api, stack: Stack, hook: HookServer) -> None:
     """The first signal stops taking tasks but lets attempts in flight complete."""
     worker = stack.worker()
     url = hook.script("/draining", {"sleep": 2, "status": 200})
@@ -96,7 +96,8 @@ def enqueue_one_by_one(stack: Stack, key: str, url: str, count: int) -> list[str
 
 
 def test_three_workers_deliver_every_task_exactly_once(
-        api: Api, stack: Stack, hook: HookServer, engine: Engine) -> None:
+    api: Api, stack: Stack, hook: HookServer, engine: Engine
+) -> None:
     for _ in range(3):
         stack.worker("--concurrency", "50")
     stack.requeue()  # re-announce every due task they see: duplicate hints, not deliveries;

