@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -47,7 +48,7 @@ def test_a_valid_batch_of_1000_is_stored_and_delivered(
 
 def test_single_tasks_and_body_forms(app: tuple[Api, Credentials], hook: HookServer) -> None:
     api, _ = app
-    items = {
+    items: dict[str, dict[str, Any]] = {
         "/json": {"json": {"a": [1, "ü"]}},
         "/text": {"body": "plain ✓", "method": "PUT"},
         "/b64": {

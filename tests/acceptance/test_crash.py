@@ -103,7 +103,9 @@ def test_three_workers_deliver_every_task_exactly_once(
     stack.requeue()  # re-announce every due task they see: duplicate hints, not deliveries;
     stack.requeue()  # and two pollers must be harmless
     url = hook.script("/bulk")
-    key = api.http.headers["Authorization"].split(" ", 1)[1]
+    authorization = api.http.headers["Authorization"]
+    assert isinstance(authorization, str)  # set from a str; requests also allows bytes
+    key = authorization.split(" ", 1)[1]
 
     ids = enqueue_all(stack, key, url, TASKS)
     assert len(set(ids)) == TASKS

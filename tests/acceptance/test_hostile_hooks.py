@@ -7,6 +7,7 @@ worker keeps delivering other tasks meanwhile.
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from tests.support.hook import HookServer, Received, Step
 from tests.support.procs import Api, Stack
@@ -31,6 +32,11 @@ def only(hook: HookServer, name: str) -> Received:
     """The one request a hostile path received."""
     (received,) = hook.requests(f"/{name}")
     return received
+
+
+def hung_up(hook: HookServer, name: str) -> float | None:
+    """When the worker closed the connection of a hostile path's one request, if it has."""
+    return only(hook, name).hung_up
 
 
 def test_hostile_hooks_are_cut_off_and_the_worker_keeps_delivering_meanwhile(
@@ -72,7 +78,7 @@ def test_hostile_hooks_are_cut_off_and_the_worker_keeps_delivering_meanwhile(
             name,
             attempt,
         )
-        assert wait_until(lambda n=name: only(hook, n).hung_up, 5), (
+        assert wait_until(partial(hung_up, hook, name), 5), (
             f"{name}: the worker never closed the connection"
         )
     trickled = only(hook, "trickle_head")

@@ -220,5 +220,6 @@ def _listening() -> set[tuple[str, int]]:
     return {
         (conn.laddr.ip, conn.laddr.port)
         for conn in psutil.net_connections("tcp")
-        if conn.status == psutil.CONN_LISTEN
+        # laddr is () only for a Unix socket without a name: never a TCP one.
+        if conn.status == psutil.CONN_LISTEN and conn.laddr
     }

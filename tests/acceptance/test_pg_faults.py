@@ -347,7 +347,7 @@ def test_concurrent_batches_sharing_idempotency_keys_never_deadlock(
             ids_by_key.setdefault(task["idempotency_key"], set()).add(task["id"])
     assert all(len(ids) == 1 for ids in ids_by_key.values()), ids_by_key
     with engine.connect() as conn:
-        stored = dict(
+        stored: dict[str, int] = dict(
             conn.execute(
                 text(
                     "SELECT idempotency_key, count(*) FROM tasks WHERE app_id = :app "

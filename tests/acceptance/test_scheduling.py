@@ -55,7 +55,7 @@ def test_not_before_in_the_past_is_due_at_once(api: Api, hook: HookServer) -> No
         {"not_before": "tomorrow"},
         {"delay": "1", "not_before": f"{sent:.0f}"},
     ):
-        response = api.enqueue(hook.url + "/bad", b"", **bad)
+        response = api.enqueue(hook.url + "/bad", b"", headers=None, **bad)
         assert response.status_code == 400, (bad, response.text)
 
 

@@ -262,9 +262,9 @@ def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
         )
         if task.status == "COMPLETED":
             assert completions[task_id] == [task.retry_count], (task_id, completions[task_id])
-            call = heard.get((task_id, task.retry_count))
-            assert call is not None, f"task {task_id} completed without a call {context}"
-            assert call.behaviour == "ok", (call, context)
+            last_call = heard.get((task_id, task.retry_count))
+            assert last_call is not None, f"task {task_id} completed without a call {context}"
+            assert last_call.behaviour == "ok", (last_call, context)
         else:
             assert not completions[task_id], (task_id, completions[task_id])
 
@@ -276,19 +276,19 @@ def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
     lost = Counter[str]()
     for call in calls:
         key = (call.task_id, call.attempt)
-        row = recorded.get(key)
-        if row is None:
+        attempt = recorded.get(key)
+        if attempt is None:
             if killer.owner(call.received).killed is None:
                 unexplained.append(f"{call} unrecorded, but its worker was not killed")
             killed.add(key)
             lost[call.behaviour] += 1
-        elif "timed out" in (row.error or ""):
+        elif "timed out" in (attempt.error or ""):
             # A hang, or (on a loaded machine) an answer that came after the worker had
             # given up: that attempt is retried, as at-least-once allows.
             if call.behaviour != "hang":
                 late.add(key)
-        elif (call.behaviour, row.status_code) not in {("ok", 200), ("fail", 500)}:
-            unexplained.append(f"{call} recorded as {row}")
+        elif (call.behaviour, attempt.status_code) not in {("ok", 200), ("fail", 500)}:
+            unexplained.append(f"{call} recorded as {attempt}")
     assert not unexplained, f"{len(unexplained)} calls unexplained {context}: {unexplained[:5]}"
 
     # Duplicate deliveries: tasks answered 200 more than once. Every such 200 but the

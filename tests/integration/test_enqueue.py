@@ -151,7 +151,9 @@ def test_a_batch_that_fails_stores_none_of_it(
         )
     assert stored(engine, creds.app_id) == []
     with own.engine.connect() as conn:
-        assert conn.connection.dbapi_connection.autocommit  # back in autocommit
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        assert dbapi.autocommit  # back in autocommit
     assert enqueue.submit(own, [NewTask(url=HOOK)], creds.api_key) is not None
 
 

@@ -9,14 +9,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import cast
 
 import pytest
 import redis
-from sqlalchemy import Engine
 
 from ntq import metrics, notify
 from ntq.config import Settings
 from ntq.records import Outcome, Status
+from ntq.store.db import Store
 
 
 @pytest.fixture
@@ -26,8 +27,8 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def notifier(settings: Settings, engine: Engine) -> notify.Notifier:
-    return notify.connect(settings, metrics.Tally(engine))
+def notifier(settings: Settings, store: Store) -> notify.Notifier:
+    return notify.connect(settings, metrics.Tally(store))
 
 
 @pytest.fixture
@@ -37,27 +38,31 @@ def server(settings: Settings) -> redis.Redis:
 
 
 @pytest.fixture
-def refused(settings: Settings, engine: Engine) -> notify.Notifier:
+def refused(settings: Settings, store: Store) -> notify.Notifier:
     """A notifier whose Redis URL names a port nothing listens on."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     down = replace(settings, redis_url=f"redis://127.0.0.1:{port}/0")
-    return notify.connect(down, metrics.Tally(engine))
+    return notify.connect(down, metrics.Tally(store))
+
+
+# The server decodes its replies (decode_responses), which redis-py's types cannot tell.
 
 
 def queued(server: redis.Redis, settings: Settings) -> list[str]:
-    return list(server.lrange(settings.queue_key, 0, -1))
+    return cast(list[str], server.lrange(settings.queue_key, 0, -1))
 
 
 def scheduled(server: redis.Redis, settings: Settings) -> dict[str, float]:
-    return dict(server.zrange(settings.scheduled_key, 0, -1, withscores=True))
+    pairs = server.zrange(settings.scheduled_key, 0, -1, withscores=True)
+    return dict(cast(list[tuple[str, float]], pairs))
 
 
 @pytest.fixture
 def heard(server: redis.Redis, settings: Settings) -> Iterator[redis.client.PubSub]:
     """A subscriber to every channel of the settings' prefix."""
-    pubsub = server.pubsub(ignore_subscribe_messages=True)
+    pubsub = server.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.psubscribe(f"{settings.redis_channel}:*")
     pubsub.get_message(timeout=1)
     yield pubsub

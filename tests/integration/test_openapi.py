@@ -240,6 +240,7 @@ def test_every_response_conforms_and_every_operation_is_exercised(
 def _template(document: dict[str, Any], path: str) -> str:
     """The document's path template that ``path`` matches."""
     parts = path.split("/")
+    template: str
     for template in document["paths"]:
         pieces = template.split("/")
         if len(pieces) == len(parts) and all(

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from ntq.records import AttemptResult, NewTask, Verdict
+from ntq.records import AttemptResult, NewTask, Outcome, Verdict
 from ntq.store import db, enqueue, transitions
 from ntq.store.db import Store, make_engine, retrying, transaction
 
@@ -130,7 +130,7 @@ def test_the_workers_store_functions_survive_a_terminated_connection(
     pid = _terminate(one, engine)
     (held,) = transitions.acquire(one, [task_id])
     _terminate(one, engine)
-    done = transitions.finish(one, held, _ok(), Verdict("complete"))
+    done = transitions.finish(one, held, _ok(), Verdict(Outcome.COMPLETE))
     assert (done.status, done.callback_id is not None) == ("COMPLETED", True)
     assert _pooled_pid(one.engine) != pid
     with engine.connect() as conn:
@@ -144,11 +144,11 @@ def test_a_prepared_statement_lost_inside_the_finish_transaction_is_prepared_aga
     store runs it again, and the statement is prepared anew."""
     first, second = _due_task(engine), _due_task(engine, callback="https://example.com/cb")
     (held,) = transitions.acquire(one, [first])
-    transitions.finish(one, held, _ok(), Verdict("complete"))  # prepared on the connection
+    transitions.finish(one, held, _ok(), Verdict(Outcome.COMPLETE))  # prepared on the connection
     with one.engine.connect() as conn:
         conn.exec_driver_sql("DEALLOCATE ALL")
     (held,) = transitions.acquire(one, [second])
-    done = transitions.finish(one, held, _ok(), Verdict("complete"))
+    done = transitions.finish(one, held, _ok(), Verdict(Outcome.COMPLETE))
     assert done.status == "COMPLETED"
     assert done.callback_id is not None
 

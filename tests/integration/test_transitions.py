@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from ntq.config import Settings
-from ntq.records import Acquired, AttemptResult, NewTask, TaskView, Verdict
+from ntq.records import Acquired, AttemptResult, NewTask, Outcome, TaskView, Verdict
 from ntq.store import enqueue, transitions
 from ntq.store.apps import Credentials
 from ntq.store.db import Store
@@ -107,7 +107,7 @@ def test_acquire_skips_delayed_finished_cancelled_and_unknown_tasks(
 ) -> None:
     delayed = put(engine, creds, delay=60)
     done = put(engine, creds)
-    finish(store, take(store, done.id)[0], Verdict("complete"))
+    finish(store, take(store, done.id)[0], Verdict(Outcome.COMPLETE))
     cancelled = put(engine, creds)
     with engine.begin() as conn:
         assert transitions.cancel(conn, cancelled.id, creds.app_id) is not None
@@ -147,9 +147,9 @@ def test_concurrent_acquires_never_share_a_task(
 @pytest.mark.parametrize(
     ("verdict", "status"),
     [
-        (Verdict("complete"), "COMPLETED"),
-        (Verdict("fail", error="HTTP 404 Not Found"), "FAILED"),
-        (Verdict("retry", error="HTTP 503", delay=30), "PENDING"),
+        (Verdict(Outcome.COMPLETE), "COMPLETED"),
+        (Verdict(Outcome.FAIL, error="HTTP 404 Not Found"), "FAILED"),
+        (Verdict(Outcome.RETRY, error="HTTP 503", delay=30), "PENDING"),
     ],
 )
 def test_finish_applies_the_verdict(
@@ -177,14 +177,14 @@ def test_finish_of_a_stale_attempt_changes_nothing(
     expire_lease(engine, task.id)
     (second,) = take(store, task.id)
 
-    finish(store, first, Verdict("fail", error="stale"), result(404))
+    finish(store, first, Verdict(Outcome.FAIL, error="stale"), result(404))
     stored = row(engine, task.id)
     assert (stored.status, stored.retry_count, stored.last_error) == ("PENDING", 2, None)
 
-    finish(store, second, Verdict("complete"))
+    finish(store, second, Verdict(Outcome.COMPLETE))
     assert row(engine, task.id).status == "COMPLETED"
 
-    finish(store, first, Verdict("retry", error="late", delay=0), result(500))
+    finish(store, first, Verdict(Outcome.RETRY, error="late", delay=0), result(500))
     stored = row(engine, task.id)
     assert (stored.status, stored.last_error) == ("COMPLETED", None)
 
@@ -201,8 +201,8 @@ def test_a_stale_and_the_current_attempt_finishing_in_one_batch(
     done = transitions.finish_many(
         store,
         [
-            (first, result(200), Verdict("complete")),
-            (second, result(500), Verdict("fail", error="x")),
+            (first, result(200), Verdict(Outcome.COMPLETE)),
+            (second, result(500), Verdict(Outcome.FAIL, error="x")),
         ],
     )
     assert [(d.status, d.outcome) for d in done] == [(None, "stale"), ("FAILED", "fail")]
@@ -232,7 +232,8 @@ def test_nul_characters_from_a_hook_do_not_stop_outcomes_being_recorded(
         headers={"X-\x00": "a\x00b"},
     )
     transitions.finish_many(
-        store, [(held, answer, Verdict("complete")), (fine, result(200), Verdict("complete"))]
+        store,
+        [(held, answer, Verdict(Outcome.COMPLETE)), (fine, result(200), Verdict(Outcome.COMPLETE))],
     )
     assert row(engine, hostile.id).status == "COMPLETED"
     assert row(engine, other.id).status == "COMPLETED"
@@ -248,9 +249,9 @@ def test_cancel_then_finish_changes_nothing(
     (held,) = take(store, task.id)
     with engine.begin() as conn:
         assert transitions.cancel(conn, task.id, creds.app_id) is not None
-    finish(store, held, Verdict("complete"))
+    finish(store, held, Verdict(Outcome.COMPLETE))
     assert row(engine, task.id).status == "CANCELLED"
-    finish(store, held, Verdict("retry", error="HTTP 500", delay=0), result(500))
+    finish(store, held, Verdict(Outcome.RETRY, error="HTTP 500", delay=0), result(500))
     take(store, task.id)  # at most its DELETE notice: never another attempt
     stored = row(engine, task.id)
     assert (stored.status, stored.retry_count) == ("CANCELLED", 1)
@@ -260,7 +261,7 @@ def test_terminal_tasks_cannot_be_cancelled(
     store: Store, engine: Engine, creds: Credentials
 ) -> None:
     task = put(engine, creds)
-    finish(store, take(store, task.id)[0], Verdict("complete"))
+    finish(store, take(store, task.id)[0], Verdict(Outcome.COMPLETE))
     with engine.begin() as conn:
         assert transitions.cancel(conn, task.id, creds.app_id) is None
         assert transitions.replay(conn, task.id, creds.app_id) is None  # only FAILED/CANCELLED
@@ -280,7 +281,7 @@ def test_another_application_cannot_cancel_or_read_the_task(
 
 def test_replay_renews_a_failed_task(store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds, max_retries=0)
-    finish(store, take(store, task.id)[0], Verdict("fail", error="HTTP 500"), result(500))
+    finish(store, take(store, task.id)[0], Verdict(Outcome.FAIL, error="HTTP 500"), result(500))
     with engine.begin() as conn:
         replayed = transitions.replay(conn, task.id, creds.app_id)
     assert replayed is not None
@@ -298,7 +299,7 @@ def test_overdue_returns_oldest_first_and_only_due_pending_tasks(
     middle = put(engine, creds, not_before=now - timedelta(seconds=20))
     put(engine, creds, delay=60)  # not due
     done = put(engine, creds, not_before=now - timedelta(seconds=40))
-    finish(store, take(store, done.id)[0], Verdict("complete"))
+    finish(store, take(store, done.id)[0], Verdict(Outcome.COMPLETE))
     with engine.begin() as conn:
         found = transitions.overdue(conn, 10)
     assert [task_id for _, task_id in found] == [oldest.id, middle.id, newest.id]
@@ -409,8 +410,8 @@ def test_an_attempt_from_before_a_replay_cannot_finish_the_replayed_task(
     (replayed,) = take(store, task.id)
     assert replayed.retry_count == before.retry_count == 1
     assert replayed.attempt_id != before.attempt_id
-    finish(store, replayed, Verdict("retry", error="HTTP 503", delay=60), result(503))
-    done = transitions.finish(store, before, result(200), Verdict("complete"))
+    finish(store, replayed, Verdict(Outcome.RETRY, error="HTTP 503", delay=60), result(503))
+    done = transitions.finish(store, before, result(200), Verdict(Outcome.COMPLETE))
     assert done.status is None
     stored = row(engine, task.id)
     assert (stored.status, stored.last_status_code) == ("PENDING", 503)
@@ -481,7 +482,7 @@ def test_an_attempt_finishing_while_its_task_is_deleted_records_nothing_and_fail
 
     def finish_meanwhile() -> None:
         try:
-            finish(store, held, Verdict("complete"))
+            finish(store, held, Verdict(Outcome.COMPLETE))
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
@@ -523,7 +524,11 @@ def test_a_finish_that_creates_a_callback_is_one_transaction(
     (held,) = take(store, task.id)
     (other,) = take(store, plain.id)
     done, alone = transitions.finish_many(
-        store, [(held, result(200), Verdict("complete")), (other, result(200), Verdict("complete"))]
+        store,
+        [
+            (held, result(200), Verdict(Outcome.COMPLETE)),
+            (other, result(200), Verdict(Outcome.COMPLETE)),
+        ],
     )
     assert (done.status, done.outcome) == ("COMPLETED", "complete")
     assert done.callback_id is not None
@@ -551,6 +556,7 @@ def test_a_cancel_creates_the_callback_in_its_transaction(
     assert writers(engine, task.id) == writers(engine, cancelled.callback_id)
     plain = put(engine, creds, cancel_notice="never")
     with engine.begin() as conn:
-        assert transitions.cancel(conn, plain.id, creds.app_id) == transitions.Cancelled(
-            transitions.get(conn, plain.id, creds.app_id), False, None
-        )
+        quiet = transitions.cancel(conn, plain.id, creds.app_id)
+        view = transitions.get(conn, plain.id, creds.app_id)
+        assert view is not None
+        assert quiet == transitions.Cancelled(view, False, None)

@@ -210,9 +210,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _client_closed(self) -> bool:
         try:
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
+            peeked: bytes = self.connection.recv(1, socket.MSG_PEEK)
         except OSError:
             return True
+        return peeked == b""
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

@@ -25,7 +25,7 @@ def routed(registry: Registry) -> set[Operation]:
     """Every (method, path) a view answers, from Pyramid's introspection registry. A view
     without a method predicate answers every method. (HEAD comes with GET.)"""
     introspector = registry.introspector
-    found = set()
+    found: set[Operation] = set()
     for route in introspector.get_category("routes"):
         pattern = route["introspectable"]["pattern"]
         path = pattern if pattern.startswith("/") else "/" + pattern

@@ -10,31 +10,30 @@ import pytest
 
 from ntq.config import Settings, load_settings
 from ntq.delivery import classify
-from ntq.records import Acquired, AttemptResult
+from ntq.records import Acquired, AttemptResult, Status
 
 SETTINGS = load_settings({}, min_due_delay=2.0, max_due_delay=100.0)
 
 
 def task(attempt: int = 1, max_retries: int = 36, backoff: str = "exponential") -> Acquired:
     """A delivery attempt held by a worker (``attempt`` is its 1-based number)."""
-    values = {
-        "id": uuid.uuid4(),
-        "attempt_id": uuid.uuid4(),
-        "app_id": None,
-        "url": "https://example.com/hook",
-        "method": "POST",
-        "headers": {},
-        "body": b"",
-        "content_type": None,
-        "timeout": 60,
-        "retry_count": attempt,
-        "max_retries": max_retries,
-        "backoff": backoff,
-        "callback": None,
-        "status": "PENDING",
-        "secret": "s",
-    }
-    return Acquired(**{k: v for k, v in values.items() if k in Acquired.__dataclass_fields__})
+    return Acquired(
+        id=uuid.uuid4(),
+        attempt_id=uuid.uuid4(),
+        app_id=None,
+        url="https://example.com/hook",
+        method="POST",
+        headers={},
+        body=b"",
+        content_type=None,
+        timeout=60,
+        retry_count=attempt,
+        max_retries=max_retries,
+        backoff=backoff,
+        callback=None,
+        status=Status.PENDING,
+        secret="s",
+    )
 
 
 def answer(

@@ -84,7 +84,7 @@ def test_unsendable_pass_through_tasks_are_400_naming_the_field(
     api: TestApp, params: dict[str, str], code: str, named: str
 ) -> None:
     params = {"url": HOOK, **params}
-    error = error_of(enqueue(api, params.pop("url"), b"x", **params))
+    error = error_of(enqueue(api, params.pop("url"), b"x", headers=None, **params))
     assert error["code"] == code, error
     assert named in error["message"], error
     assert api.get("/tasks").json["tasks"] == []
