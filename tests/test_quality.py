@@ -1,4 +1,5 @@
-"""The code stays ruff clean, ruff formatted and mypy clean: the suite fails otherwise."""
+"""The code and its tests stay ruff clean, ruff formatted and mypy clean: the suite fails
+otherwise."""
 
 from __future__ import annotations
 
@@ -31,5 +32,6 @@ def test_ruff_format_is_applied() -> None:
 
 
 def test_mypy_is_clean() -> None:
+    """Strict mypy over src/ntq and tests, as ``[tool.mypy]`` in pyproject.toml lists them."""
     result = run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
