@@ -36,8 +36,9 @@ def _fresh_database(server_url: str) -> Iterator[str]:
     admin = create_engine(normalize_url(server_url), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(normalize_url(server_url)).set(database=name).render_as_string(
-        hide_password=False)
+    yield (
+        make_url(normalize_url(server_url)).set(database=name).render_as_string(hide_password=False)
+    )
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -55,7 +56,8 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return os.environ.get("NTQ_TEST_REDIS_URL") or embedded_redis_url(
-        tmp_path_factory.mktemp("redis"))
+        tmp_path_factory.mktemp("redis")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +99,14 @@ def clean(engine: Engine, redis_url: str) -> None:
 
 @pytest.fixture
 def settings(clean: None, migrated: str, redis_url: str) -> Settings:
-    return load_settings({}, database_url=migrated, redis_url=redis_url,
-                         allow_private_networks=True, min_due_delay=0.2, max_due_delay=5.0)
+    return load_settings(
+        {},
+        database_url=migrated,
+        redis_url=redis_url,
+        allow_private_networks=True,
+        min_due_delay=0.2,
+        max_due_delay=5.0,
+    )
 
 
 @pytest.fixture
@@ -125,14 +133,23 @@ def hook2() -> Iterator[HookServer]:
 
 
 def stack_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NTQ_", "DATABASE_URL",
-                                                                      "REDIS_URL"))}
-    env.update({
-        "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-        "NTQ_ALLOW_PRIVATE_NETWORKS": "true", "NTQ_MIN_DUE_DELAY": "0.2",
-        "NTQ_MAX_DUE_DELAY": "5", "NTQ_REQUEUE_INTERVAL": "0.5", "NTQ_LOG_FORMAT": "json",
-        "NTQ_WORKER_GRACE": "10",
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NTQ_", "DATABASE_URL", "REDIS_URL"))
+    }
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "NTQ_ALLOW_PRIVATE_NETWORKS": "true",
+            "NTQ_MIN_DUE_DELAY": "0.2",
+            "NTQ_MAX_DUE_DELAY": "5",
+            "NTQ_REQUEUE_INTERVAL": "0.5",
+            "NTQ_LOG_FORMAT": "json",
+            "NTQ_WORKER_GRACE": "10",
+        }
+    )
     env.update(extra)
     return env
 
@@ -169,8 +186,9 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def private_stack(clean: None, migrated: str, private_redis: RedisServer,
-                  tmp_path: Path) -> Iterator[Stack]:
+def private_stack(
+    clean: None, migrated: str, private_redis: RedisServer, tmp_path: Path
+) -> Iterator[Stack]:
     """Like ``stack``, on a Redis of the test's own, which it may stop, restart and flush."""
     yield from _stopped_afterwards(Stack(stack_env(migrated, private_redis.url), tmp_path))
 
@@ -182,6 +200,7 @@ def private_api(private_stack: Stack, creds: Credentials) -> Iterator[Api]:
 
 
 # --- one stack for a whole module -------------------------------------------------------
+
 
 def _short_name(module: ModuleType) -> str:
     return module.__name__.rpartition(".")[2].removeprefix("test_")
@@ -200,12 +219,18 @@ def module_stack(*, worker: bool = True, requeue: bool = False, **env: str) -> A
     """
 
     @pytest.fixture(scope="module", name="stack")
-    def shared_stack(migrated: str, redis_url: str, engine: Engine,
-                     tmp_path_factory: pytest.TempPathFactory,
-                     request: pytest.FixtureRequest) -> Iterator[Stack]:
+    def shared_stack(
+        migrated: str,
+        redis_url: str,
+        engine: Engine,
+        tmp_path_factory: pytest.TempPathFactory,
+        request: pytest.FixtureRequest,
+    ) -> Iterator[Stack]:
         reset(engine, redis_url)
-        running = Stack(stack_env(migrated, redis_url, **env),
-                        tmp_path_factory.mktemp(_short_name(request.module)))
+        running = Stack(
+            stack_env(migrated, redis_url, **env),
+            tmp_path_factory.mktemp(_short_name(request.module)),
+        )
         try:
             running.web()
             if worker:
@@ -220,8 +245,9 @@ def module_stack(*, worker: bool = True, requeue: bool = False, **env: str) -> A
 
 
 @pytest.fixture
-def app(stack: Stack, engine: Engine,
-        request: pytest.FixtureRequest) -> Iterator[tuple[Api, Credentials]]:
+def app(
+    stack: Stack, engine: Engine, request: pytest.FixtureRequest
+) -> Iterator[tuple[Api, Credentials]]:
     """A new application on the module's running ``stack`` (see ``module_stack``), and a
     client authenticated as it."""
     client, creds = new_app(stack, engine, _short_name(request.module))

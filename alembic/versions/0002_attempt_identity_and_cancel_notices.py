@@ -10,6 +10,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-02 15:20:00
 """
+
 from alembic import op
 import sqlalchemy as sa
 
@@ -46,20 +47,38 @@ FOR EACH ROW EXECUTE FUNCTION ntq_sync_notice_owed()
 
 def upgrade() -> None:
     op.add_column("tasks", sa.Column("attempt_id", sa.Uuid(), nullable=True))
-    op.add_column("tasks", sa.Column("notice_policy", sa.String(length=16),
-                                     server_default=sa.text("'started'"), nullable=False))
-    op.add_column("tasks", sa.Column("notice_owed", sa.Boolean(),
-                                     server_default=sa.text("false"), nullable=False))
-    op.add_column("tasks", sa.Column("deleted", sa.Boolean(),
-                                     server_default=sa.text("false"), nullable=False))
+    op.add_column(
+        "tasks",
+        sa.Column(
+            "notice_policy",
+            sa.String(length=16),
+            server_default=sa.text("'started'"),
+            nullable=False,
+        ),
+    )
+    op.add_column(
+        "tasks",
+        sa.Column("notice_owed", sa.Boolean(), server_default=sa.text("false"), nullable=False),
+    )
+    op.add_column(
+        "tasks", sa.Column("deleted", sa.Boolean(), server_default=sa.text("false"), nullable=False)
+    )
     # NOT VALID: existing rows hold the default; checking them would scan the table under
     # an exclusive lock.
-    op.execute("ALTER TABLE tasks ADD CONSTRAINT ck_tasks_notice_policy "
-               "CHECK (notice_policy IN ('started', 'always', 'never')) NOT VALID")
-    op.execute("UPDATE tasks SET notice_owed = true, attempt_id = gen_random_uuid() "
-               "WHERE cancel_notice")
-    op.create_index("ix_tasks_notice_owed_due", "tasks", ["due"], unique=False,
-                    postgresql_where=sa.text("notice_owed"))
+    op.execute(
+        "ALTER TABLE tasks ADD CONSTRAINT ck_tasks_notice_policy "
+        "CHECK (notice_policy IN ('started', 'always', 'never')) NOT VALID"
+    )
+    op.execute(
+        "UPDATE tasks SET notice_owed = true, attempt_id = gen_random_uuid() WHERE cancel_notice"
+    )
+    op.create_index(
+        "ix_tasks_notice_owed_due",
+        "tasks",
+        ["due"],
+        unique=False,
+        postgresql_where=sa.text("notice_owed"),
+    )
     op.execute(SYNC_FUNCTION)
     op.execute(SYNC_TRIGGER)
 
@@ -67,8 +86,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TRIGGER ntq_sync_notice_owed ON tasks")
     op.execute("DROP FUNCTION ntq_sync_notice_owed()")
-    op.drop_index("ix_tasks_notice_owed_due", table_name="tasks",
-                  postgresql_where=sa.text("notice_owed"))
+    op.drop_index(
+        "ix_tasks_notice_owed_due", table_name="tasks", postgresql_where=sa.text("notice_owed")
+    )
     op.drop_constraint(op.f("ck_tasks_notice_policy"), "tasks", type_="check")
     op.drop_column("tasks", "deleted")
     op.drop_column("tasks", "notice_owed")

@@ -180,12 +180,14 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         if name in env:
             values[attr] = _parse(name, env[name], parse)
     if "NTQ_ALLOW_PRIVATE_NETWORKS" in env:
-        allow, nets = _parse("NTQ_ALLOW_PRIVATE_NETWORKS", env["NTQ_ALLOW_PRIVATE_NETWORKS"],
-                             _networks)
+        allow, nets = _parse(
+            "NTQ_ALLOW_PRIVATE_NETWORKS", env["NTQ_ALLOW_PRIVATE_NETWORKS"], _networks
+        )
         values.update(allow_private_networks=allow, allowed_networks=nets)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "NTQ_REDIS_VERIFY_TLS" in env and not _parse(
-            "NTQ_REDIS_VERIFY_TLS", env["NTQ_REDIS_VERIFY_TLS"], _bool):
+        "NTQ_REDIS_VERIFY_TLS", env["NTQ_REDIS_VERIFY_TLS"], _bool
+    ):
         values["redis_url"] = _unverified_tls(values.get("redis_url"))
     settings = Settings(**values)
     _check_consistency(settings)

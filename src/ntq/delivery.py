@@ -53,12 +53,14 @@ def request_headers(task: Acquired, timestamp: int, ntorque: bool = False) -> di
     headers = dict(task.headers)
     if task.content_type:
         headers["Content-Type"] = task.content_type
-    headers.update({
-        "User-Agent": USER_AGENT,
-        "NTQ-Task-Id": str(task.id),
-        "NTQ-Task-Attempt": str(task.retry_count),
-        "NTQ-Task-Retry-Limit": str(task.max_retries),
-    })
+    headers.update(
+        {
+            "User-Agent": USER_AGENT,
+            "NTQ-Task-Id": str(task.id),
+            "NTQ-Task-Attempt": str(task.retry_count),
+            "NTQ-Task-Retry-Limit": str(task.max_retries),
+        }
+    )
     if ntorque:
         headers.update(ntorque_headers(task))
     headers.update(signing.headers(task.secret, str(task.id), timestamp, task.body))
@@ -84,8 +86,15 @@ def _read_capped(response: requests.Response, cap: int) -> tuple[bytes, bool]:
     return bytes(body), False
 
 
-def call(session: requests.Session, method: str, url: str, headers: Mapping[str, str],
-         body: bytes, timeout: float, max_response_bytes: int) -> AttemptResult:
+def call(
+    session: requests.Session,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    timeout: float,
+    max_response_bytes: int,
+) -> AttemptResult:
     """Make one HTTP call bounded by ``timeout`` in total; never raises for HTTP trouble."""
     started = datetime.now(UTC)
     clock = time.monotonic()
@@ -93,10 +102,10 @@ def call(session: requests.Session, method: str, url: str, headers: Mapping[str,
         with gevent.Timeout(timeout, DeliveryTimeout):
             # Prepared here, not by session.request(): nothing of the session's (cookies,
             # auth, environment) is merged in, which also saves a fair share of CPU.
-            prepared = requests.Request(method, url, headers={**BASE_HEADERS, **headers},
-                                        data=body or None).prepare()
-            response = session.send(prepared, timeout=timeout, stream=True,
-                                    allow_redirects=True)
+            prepared = requests.Request(
+                method, url, headers={**BASE_HEADERS, **headers}, data=body or None
+            ).prepare()
+            response = session.send(prepared, timeout=timeout, stream=True, allow_redirects=True)
             try:
                 content, truncated = _read_capped(response, max_response_bytes)
             finally:
@@ -108,9 +117,14 @@ def call(session: requests.Session, method: str, url: str, headers: Mapping[str,
     except Exception as exc:  # recorded, not raised: see _unexpected
         return _failed(method, started, clock, *_unexpected(exc))
     return AttemptResult(
-        method=method, started=started, elapsed_ms=_elapsed(clock),
-        status_code=response.status_code, reason=response.reason,
-        headers=dict(response.headers), body=content, truncated=truncated,
+        method=method,
+        started=started,
+        elapsed_ms=_elapsed(clock),
+        status_code=response.status_code,
+        reason=response.reason,
+        headers=dict(response.headers),
+        body=content,
+        truncated=truncated,
         retry_after=parse_retry_after(response.headers.get("Retry-After")),
     )
 
@@ -119,15 +133,22 @@ def _elapsed(clock: float) -> int:
     return int((time.monotonic() - clock) * 1000)
 
 
-def _failed(method: str, started: datetime, clock: float, error: str,
-            permanent: bool = False) -> AttemptResult:
-    return AttemptResult(method=method, started=started, elapsed_ms=_elapsed(clock),
-                         error=error, permanent=permanent)
+def _failed(
+    method: str, started: datetime, clock: float, error: str, permanent: bool = False
+) -> AttemptResult:
+    return AttemptResult(
+        method=method, started=started, elapsed_ms=_elapsed(clock), error=error, permanent=permanent
+    )
 
 
-PERMANENT = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-             requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
-             requests.exceptions.URLRequired, requests.exceptions.TooManyRedirects)
+PERMANENT = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.URLRequired,
+    requests.exceptions.TooManyRedirects,
+)
 
 
 def _unexpected(exc: Exception) -> tuple[str, bool]:
@@ -171,8 +192,15 @@ _URL_IN_TEXT = re.compile(r"(with url: )?\S*://\S*|with url: \S+")
 def deliver(session: requests.Session, task: Acquired, settings: Settings) -> AttemptResult:
     """One delivery attempt of ``task``."""
     headers = request_headers(task, int(time.time()), settings.ntorque_compat)
-    return call(session, task.method, task.url, headers, task.body, task.timeout,
-                settings.max_response_bytes)
+    return call(
+        session,
+        task.method,
+        task.url,
+        headers,
+        task.body,
+        task.timeout,
+        settings.max_response_bytes,
+    )
 
 
 NOTICE_TRIES = 3

@@ -43,24 +43,39 @@ def configure(log_format: str = "json", level: int = logging.INFO) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer(serializer=orjson.dumps) if json
-                    else structlog.dev.ConsoleRenderer(colors=False)],
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps)
+            if json
+            else structlog.dev.ConsoleRenderer(colors=False),
+        ],
         # Lossy streams quack like the files structlog's factories are typed for.
-        logger_factory=(structlog.BytesLoggerFactory(cast(BinaryIO, Lossy(sys.stderr.buffer)))
-                        if json else structlog.WriteLoggerFactory(cast(TextIO, Lossy(sys.stderr)))),
+        logger_factory=(
+            structlog.BytesLoggerFactory(cast(BinaryIO, Lossy(sys.stderr.buffer)))
+            if json
+            else structlog.WriteLoggerFactory(cast(TextIO, Lossy(sys.stderr)))
+        ),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name,
-                           structlog.stdlib.ExtraAdder()],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer() if json
-                    else structlog.dev.ConsoleRenderer(colors=False)],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                *shared,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer()
+                if json
+                else structlog.dev.ConsoleRenderer(colors=False),
+            ],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

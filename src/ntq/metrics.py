@@ -40,8 +40,11 @@ log = structlog.get_logger(__name__)
 # Upper bounds (seconds) of the attempt-duration histogram's buckets.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OUTCOMES = tuple(str(outcome) for outcome in Outcome)
-TERMINAL_COUNTERS = {Status.COMPLETED: "completed", Status.FAILED: "failed",
-                     Status.CANCELLED: "cancelled"}
+TERMINAL_COUNTERS = {
+    Status.COMPLETED: "completed",
+    Status.FAILED: "failed",
+    Status.CANCELLED: "cancelled",
+}
 GAUGES = {
     "tasks_pending": "PENDING tasks of every application.",
     "tasks_due_now": "PENDING tasks whose due time has passed.",
@@ -137,24 +140,34 @@ def render(counted: Mapping[str, int], gauges: Mapping[str, float]) -> bytes:
     """The Prometheus text exposition (format 0.0.4) of the ``counted`` totals and the
     given gauges (named as in :data:`GAUGES`)."""
     families = [*_counters(counted), _histogram(counted)]
-    families += [GaugeMetricFamily(f"ntq_{name}", GAUGES[name], value=value)
-                 for name, value in gauges.items()]
+    families += [
+        GaugeMetricFamily(f"ntq_{name}", GAUGES[name], value=value)
+        for name, value in gauges.items()
+    ]
     return generate_latest(_Families(families))
 
 
 def _counters(counted: Mapping[str, int]) -> list[Metric]:
-    attempts = CounterMetricFamily("ntq_attempts", "Delivery attempts by outcome.",
-                                   labels=["outcome"])
-    extra = sorted({name.removeprefix("attempts:") for name in counted
-                    if name.startswith("attempts:")} - set(OUTCOMES))
+    attempts = CounterMetricFamily(
+        "ntq_attempts", "Delivery attempts by outcome.", labels=["outcome"]
+    )
+    extra = sorted(
+        {name.removeprefix("attempts:") for name in counted if name.startswith("attempts:")}
+        - set(OUTCOMES)
+    )
     for outcome in (*OUTCOMES, *extra):
         attempts.add_metric([outcome], counted.get(f"attempts:{outcome}", 0))
     enqueued = CounterMetricFamily(
-        "ntq_tasks_enqueued", "Tasks enqueued: accepted by the API, replayed, or created as "
-        "callbacks.", value=counted.get("enqueued", 0))
-    terminal = [CounterMetricFamily(f"ntq_tasks_{name}", f"Tasks that became {status}.",
-                                    value=counted.get(name, 0))
-                for status, name in TERMINAL_COUNTERS.items()]
+        "ntq_tasks_enqueued",
+        "Tasks enqueued: accepted by the API, replayed, or created as callbacks.",
+        value=counted.get("enqueued", 0),
+    )
+    terminal = [
+        CounterMetricFamily(
+            f"ntq_tasks_{name}", f"Tasks that became {status}.", value=counted.get(name, 0)
+        )
+        for status, name in TERMINAL_COUNTERS.items()
+    ]
     return [enqueued, attempts, *terminal]
 
 
@@ -165,4 +178,5 @@ def _histogram(counted: Mapping[str, int]) -> Metric:
         "ntq_attempt_duration_seconds",
         "Time from sending a webhook request to its full response.",
         buckets=list(zip(bounds, itertools.accumulate(per_bucket), strict=True)),
-        sum_value=counted.get("duration_sum_ms", 0) / 1000)
+        sum_value=counted.get("duration_sum_ms", 0) / 1000,
+    )

@@ -55,6 +55,7 @@ MAX_TAKE = 100
 PING_EVERY = 3.0
 PONG_WAIT = 3.0
 
+
 class Unavailable(Exception):
     """Redis could not be reached."""
 
@@ -108,8 +109,9 @@ class Channel(Protocol):
 
     def ping(self) -> None: ...
 
-    def subscribe(self, channel: str, blocking: bool = False
-                  ) -> AbstractContextManager[Subscription]: ...
+    def subscribe(
+        self, channel: str, blocking: bool = False
+    ) -> AbstractContextManager[Subscription]: ...
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,12 @@ class RedisChannel:
 
     def promote_due(self, limit: int) -> int:
         with _translated():
-            return int(self._promote(keys=[self.settings.scheduled_key,
-                                           self.settings.queue_key], args=[time.time(), limit]))
+            return int(
+                self._promote(
+                    keys=[self.settings.scheduled_key, self.settings.queue_key],
+                    args=[time.time(), limit],
+                )
+            )
 
     def backlog(self) -> int:
         with _translated():
@@ -248,8 +254,9 @@ class UnreachableChannel:
     def ping(self) -> None:
         raise Unavailable("Redis is unreachable")
 
-    def subscribe(self, channel: str, blocking: bool = False
-                  ) -> AbstractContextManager[Subscription]:
+    def subscribe(
+        self, channel: str, blocking: bool = False
+    ) -> AbstractContextManager[Subscription]:
         raise Unavailable("Redis is unreachable")
 
 
@@ -293,8 +300,10 @@ class Notifier:
         counts: Counter[str] = Counter()
         metrics.count_enqueued(counts, len(due_now) + len(later))
         self.tally.add(counts)
-        return self._send("enqueued", Hints(due=[str(i) for i in due_now],
-                                            later={str(k): v for k, v in later.items()}))
+        return self._send(
+            "enqueued",
+            Hints(due=[str(i) for i in due_now], later={str(k): v for k, v in later.items()}),
+        )
 
     def schedule(self, task_id: uuid.UUID, when: float) -> bool:
         """Wake workers for the task at epoch time ``when`` (the poller is the backstop)."""
@@ -320,13 +329,15 @@ class Notifier:
         hints.due.append(str(callback_id))
         metrics.count_enqueued(counts, 1)
 
-    def _finished(self, hints: Hints, counts: Counter[str], task_id: uuid.UUID,
-                  status: Status) -> None:
+    def _finished(
+        self, hints: Hints, counts: Counter[str], task_id: uuid.UUID, status: Status
+    ) -> None:
         metrics.count_terminal(counts, status)
         hints.published.append((self.settings.finished_channel(task_id), status))
 
-    def cancelled(self, task_id: uuid.UUID, callback_id: uuid.UUID | None = None,
-                  notice: bool = True) -> None:
+    def cancelled(
+        self, task_id: uuid.UUID, callback_id: uuid.UUID | None = None, notice: bool = True
+    ) -> None:
         """After a cancel committed: interrupt running attempts anywhere, schedule the
         hook's DELETE notice if it is owed, announce the terminal state."""
         hints = Hints(published=[(self.settings.cancel_channel, str(task_id))])
@@ -397,8 +408,9 @@ class Notifier:
                 if now - last > PING_EVERY + PONG_WAIT:
                     raise Unavailable("the cancel channel went silent")
 
-    def wait_finished(self, task_id: uuid.UUID, wait: float,
-                      status: Callable[[], Status]) -> Status:
+    def wait_finished(
+        self, task_id: uuid.UUID, wait: float, status: Callable[[], Status]
+    ) -> Status:
         """Wait up to ``wait`` seconds for the task's terminal announcement; return
         ``status()`` then (or at once, if the task is no longer PENDING). Without Redis,
         simply ``status()``."""

@@ -143,4 +143,3 @@ class Verdict:
     decision: Outcome  # COMPLETE, RETRY, FAIL or INTERRUPTED
     error: str | None = None
     delay: float | None = None
-

@@ -42,9 +42,15 @@ def body_fields(body: bytes | None) -> dict[str, Any]:
 def attempt_dict(row: Any, with_body: bool) -> dict[str, Any]:
     """One attempt; the stored response body only when asked for."""
     data = {
-        "attempt": row.number, "method": row.method, "started": row.started,
-        "elapsed_ms": row.elapsed_ms, "status_code": row.status_code, "reason": row.reason,
-        "headers": row.headers, "truncated": row.truncated, "error": row.error,
+        "attempt": row.number,
+        "method": row.method,
+        "started": row.started,
+        "elapsed_ms": row.elapsed_ms,
+        "status_code": row.status_code,
+        "reason": row.reason,
+        "headers": row.headers,
+        "truncated": row.truncated,
+        "error": row.error,
         "outcome": row.outcome,
     }
     if with_body:

@@ -71,8 +71,9 @@ def _sendable(url: str) -> str:
     try:
         (urlsplit(prepared.url or "").hostname or "").encode("idna")
     except UnicodeError:
-        raise UnsafeURL("url host is not a valid domain name: a label is empty or longer "
-                        "than 63 characters") from None
+        raise UnsafeURL(
+            "url host is not a valid domain name: a label is empty or longer than 63 characters"
+        ) from None
     return url
 
 
@@ -107,8 +108,10 @@ class AddressPolicy:
 
 def _resolve(host: str, port: int) -> list[tuple[int, Address]]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [(family, ipaddress.ip_address(str(addr[0]).split("%")[0]))
-            for family, _, _, _, addr in infos]
+    return [
+        (family, ipaddress.ip_address(str(addr[0]).split("%")[0]))
+        for family, _, _, _, addr in infos
+    ]
 
 
 def _guarded_new_conn(conn: HTTPConnection, policy: AddressPolicy) -> socket.socket:
@@ -119,14 +122,20 @@ def _guarded_new_conn(conn: HTTPConnection, policy: AddressPolicy) -> socket.soc
     allowed = [addr for _, addr in resolved if policy.permits(addr)]
     if not allowed:
         shown = ", ".join(sorted({str(a) for _, a in resolved}))
-        raise BlockedAddress(conn, f"refused: {conn.host} resolves to a non-public "
-                                   f"address ({shown}); see NTQ_ALLOW_PRIVATE_NETWORKS")
+        raise BlockedAddress(
+            conn,
+            f"refused: {conn.host} resolves to a non-public "
+            f"address ({shown}); see NTQ_ALLOW_PRIVATE_NETWORKS",
+        )
     last: OSError | None = None
     for address in allowed:
         try:
             return create_connection(
-                (str(address), conn.port), conn.timeout,
-                source_address=conn.source_address, socket_options=conn.socket_options)
+                (str(address), conn.port),
+                conn.timeout,
+                source_address=conn.source_address,
+                socket_options=conn.socket_options,
+            )
         except OSError as exc:
             last = exc
     raise NewConnectionError(conn, f"Failed to establish a new connection: {last}")

@@ -43,8 +43,9 @@ class Cancelled(gevent.GreenletExit):  # type: ignore[misc]  # gevent is untyped
 class Worker:
     """Takes due tasks and delivers them, up to ``concurrency`` at a time."""
 
-    def __init__(self, settings: Settings, store: Store, concurrency: int,
-                 grace: float = 30.0) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, concurrency: int, grace: float = 30.0
+    ) -> None:
         self.settings = settings
         self.store = store
         self.grace = grace
@@ -62,8 +63,11 @@ class Worker:
     def run(self) -> None:
         """Serve until :meth:`request_stop`, then drain and return."""
         log.info("worker.start", concurrency=self.pool.size)
-        self.helpers = [gevent.spawn(self._promote_loop), gevent.spawn(self._cancel_loop),
-                        gevent.spawn(self._finish_loop)]
+        self.helpers = [
+            gevent.spawn(self._promote_loop),
+            gevent.spawn(self._cancel_loop),
+            gevent.spawn(self._finish_loop),
+        ]
         dispatcher = gevent.spawn(self._dispatch_loop)
         self.stopping.wait()
         dispatcher.kill()
@@ -112,27 +116,39 @@ class Worker:
             self.running[task.id][0].kill(Cancelled, block=False)
         self.pool.spawn(self._notice, task)
 
-
     def _attempt(self, task: Acquired) -> None:
         structlog.contextvars.bind_contextvars(task_id=str(task.id), attempt=task.retry_count)
         try:
             result = delivery.deliver(self.session, task, self.settings)
         except Cancelled:
-            result = AttemptResult(method=task.method, started=datetime.now(UTC),
-                                   elapsed_ms=0, error="interrupted: task cancelled")
+            result = AttemptResult(
+                method=task.method,
+                started=datetime.now(UTC),
+                elapsed_ms=0,
+                error="interrupted: task cancelled",
+            )
             self._finish(task, result, Verdict(Outcome.INTERRUPTED))
             return
         except Exception as exc:
             # Escaping, it would leave the attempt unrecorded: the task would come back
             # with every expired lease, forever.
             log.exception("worker.attempt_crashed")
-            result = AttemptResult(method=task.method, started=datetime.now(UTC), elapsed_ms=0,
-                                   error=f"ntq could not make the request: {type(exc).__name__}")
+            result = AttemptResult(
+                method=task.method,
+                started=datetime.now(UTC),
+                elapsed_ms=0,
+                error=f"ntq could not make the request: {type(exc).__name__}",
+            )
         finally:
             self.running.pop(task.id, None)
         verdict = delivery.classify(task, result, self.settings)
-        log.info("worker.attempt", outcome=verdict.decision, status_code=result.status_code,
-                 elapsed_ms=result.elapsed_ms, error=result.error)
+        log.info(
+            "worker.attempt",
+            outcome=verdict.decision,
+            status_code=result.status_code,
+            elapsed_ms=result.elapsed_ms,
+            error=result.error,
+        )
         self._finish(task, result, verdict)
 
     def _notice(self, task: Acquired) -> None:
@@ -141,8 +157,9 @@ class Worker:
         result = delivery.send_cancel_notice(self.session, task)
         log.info("worker.cancel_notice", status_code=result.status_code, error=result.error)
         if self._persist(lambda: transitions.finish_notice(self.store, task, result)):
-            self.notifier.attempted([notify.Attempted(task.id, Outcome.CANCEL_NOTICE,
-                                                      result.elapsed_ms)])
+            self.notifier.attempted(
+                [notify.Attempted(task.id, Outcome.CANCEL_NOTICE, result.elapsed_ms)]
+            )
 
     def _finish(self, task: Acquired, result: AttemptResult, verdict: Verdict) -> None:
         self.unrecorded.put((task, result, verdict))
@@ -171,8 +188,16 @@ class Worker:
             if done.outcome is Outcome.STALE:
                 log.info("worker.stale_attempt", task_id=str(task.id))
             retry_at = time.time() + (verdict.delay or 0) if done.status is Status.PENDING else None
-            events.append(notify.Attempted(task.id, done.outcome, result.elapsed_ms,
-                                           done.status, retry_at, done.callback_id))
+            events.append(
+                notify.Attempted(
+                    task.id,
+                    done.outcome,
+                    result.elapsed_ms,
+                    done.status,
+                    retry_at,
+                    done.callback_id,
+                )
+            )
         self.notifier.attempted(events)
 
     def _persist(self, write: Callable[[], T]) -> T | None:

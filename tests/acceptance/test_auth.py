@@ -33,8 +33,14 @@ TEXT = '{"order": 42, "note": "héllo wörld ✓ 😀"}'.encode()
 
 
 def ntq(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ntq", *argv], env=stack.env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ntq", *argv],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def new_app(engine: Engine, name: str) -> Credentials:
@@ -66,8 +72,7 @@ def assert_error(response: requests.Response, status: int, code: str | None = No
 # Keys
 
 
-def test_cli_shows_the_key_once_and_never_again(
-        engine: Engine, stack: Stack, clean: None) -> None:
+def test_cli_shows_the_key_once_and_never_again(engine: Engine, stack: Stack, clean: None) -> None:
     stack.web()
     created = ntq(stack, "apps", "create", "cli-app", "--json")
     assert created.returncode == 0, created.stderr
@@ -87,7 +92,8 @@ def test_cli_shows_the_key_once_and_never_again(
 
 
 def test_revoking_a_key_takes_effect_at_the_very_next_request(
-        api: Api, stack: Stack, creds: Credentials, engine: Engine) -> None:
+    api: Api, stack: Stack, creds: Credentials, engine: Engine
+) -> None:
     with engine.begin() as conn:
         second = apps.add_key(conn, creds.app_id)
     other = Api(stack.url, second)
@@ -109,10 +115,16 @@ def test_revoking_a_key_takes_effect_at_the_very_next_request(
 # ---------------------------------------------------------------------------------------
 # Isolation between applications
 
-TASK_ROUTES = [("GET", "/tasks/{id}"), ("GET", "/tasks/{id}/response"),
-               ("GET", "/tasks/{id}/response?wait=0.2"), ("GET", "/tasks/{id}/attempts"),
-               ("DELETE", "/tasks/{id}"), ("POST", "/tasks/{id}/retry"),
-               ("POST", "/tasks/{id}/push"), ("DELETE", "/tasks/{id}/response")]
+TASK_ROUTES = [
+    ("GET", "/tasks/{id}"),
+    ("GET", "/tasks/{id}/response"),
+    ("GET", "/tasks/{id}/response?wait=0.2"),
+    ("GET", "/tasks/{id}/attempts"),
+    ("DELETE", "/tasks/{id}"),
+    ("POST", "/tasks/{id}/retry"),
+    ("POST", "/tasks/{id}/push"),
+    ("DELETE", "/tasks/{id}/response"),
+]
 
 
 def call(client: Api, method: str, path: str) -> requests.Response:
@@ -130,7 +142,8 @@ def wait_notice_recorded(api: Api, task_id: str, timeout: float = 30) -> None:
 
 
 def test_applications_never_see_each_others_tasks(
-        api: Api, stack: Stack, hook: HookServer, engine: Engine) -> None:
+    api: Api, stack: Stack, hook: HookServer, engine: Engine
+) -> None:
     stack.worker()
     other = new_app(engine, "other-app")
     b = Api(stack.url, other.api_key)
@@ -193,8 +206,9 @@ def verify(secret: str, received: Received) -> None:
         headers = {k.lower(): v for k, v in received.headers.items()}
         signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode()
         key = base64.b64decode(secret.removeprefix("whsec_"))
-        expected = base64.b64encode(hmac.new(key, signed + received.body,
-                                             hashlib.sha256).digest()).decode()
+        expected = base64.b64encode(
+            hmac.new(key, signed + received.body, hashlib.sha256).digest()
+        ).decode()
         given = [s.split(",", 1)[1] for s in headers["webhook-signature"].split(" ")]
         assert expected in given
         return
@@ -202,17 +216,25 @@ def verify(secret: str, received: Received) -> None:
 
 
 def test_every_delivery_callback_and_notice_is_signed(
-        api: Api, stack: Stack, hook: HookServer, creds: Credentials, engine: Engine) -> None:
+    api: Api, stack: Stack, hook: HookServer, creds: Credentials, engine: Engine
+) -> None:
     stack.worker()
     flaky = hook.script("/flaky", {"status": 500}, {"status": 200})
     text_id = enqueue(api, flaky, TEXT, callback=hook.script("/callback"))
     binary = api.enqueue(hook.script("/binary"), BINARY, "application/octet-stream")
     assert binary.status_code == 201
-    structured = api.post("/tasks", json={"url": hook.script("/structured"),
-                                          "body_base64": base64.b64encode(BINARY).decode()})
+    structured = api.post(
+        "/tasks",
+        json={"url": hook.script("/structured"), "body_base64": base64.b64encode(BINARY).decode()},
+    )
     assert structured.status_code == 201
-    notice_id = enqueue(api, hook.script("/notice"), delay=3600, cancel_notice="always",
-                        headers={"NTQ-PASSTHROUGH-X-Tenant": "t1"})
+    notice_id = enqueue(
+        api,
+        hook.script("/notice"),
+        delay=3600,
+        cancel_notice="always",
+        headers={"NTQ-PASSTHROUGH-X-Tenant": "t1"},
+    )
     assert api.delete(f"/tasks/{notice_id}").status_code == 204
 
     attempts = hook.wait_for(2, "/flaky")
@@ -245,23 +267,34 @@ def test_every_delivery_callback_and_notice_is_signed(
         with pytest.raises(WebhookVerificationError):
             Webhook(creds.signing_secret).verify(received.body + b" ", received.headers)
     with pytest.raises(AssertionError):
-        verify(creds.signing_secret, Received(binary_received.method, binary_received.path,
-                                              binary_received.headers,
-                                              BINARY[:-1] + b"\x81", 0.0))
+        verify(
+            creds.signing_secret,
+            Received(
+                binary_received.method,
+                binary_received.path,
+                binary_received.headers,
+                BINARY[:-1] + b"\x81",
+                0.0,
+            ),
+        )
 
 
 def test_a_client_cannot_forge_or_override_the_signature_headers(
-        api: Api, stack: Stack, hook: HookServer, creds: Credentials) -> None:
+    api: Api, stack: Stack, hook: HookServer, creds: Credentials
+) -> None:
     stack.worker()
-    forged = {"NTQ-PASSTHROUGH-webhook-signature": "v1,forged",
-              "NTQ-PASSTHROUGH-webhook-id": "other",
-              "NTQ-PASSTHROUGH-webhook-timestamp": "1"}
+    forged = {
+        "NTQ-PASSTHROUGH-webhook-signature": "v1,forged",
+        "NTQ-PASSTHROUGH-webhook-id": "other",
+        "NTQ-PASSTHROUGH-webhook-timestamp": "1",
+    }
     for name, value in forged.items():
         response = api.enqueue(hook.script("/forged"), b"x", headers={name: value})
         assert_error(response, 400)
     for name in ("webhook-signature", "webhook-id", "webhook-timestamp", "NTQ-Task-Id"):
-        response = api.post("/tasks", json={"url": hook.script("/forged"),
-                                            "headers": {name: "forged"}})
+        response = api.post(
+            "/tasks", json={"url": hook.script("/forged"), "headers": {name: "forged"}}
+        )
         assert_error(response, 400)
     task_id = enqueue(api, hook.script("/genuine"), TEXT)
     (received,) = hook.wait_for(1, "/genuine")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -21,7 +22,8 @@ stack = module_stack()  # one web and one worker for the module; each test has a
 
 
 def test_a_valid_batch_of_1000_is_stored_and_delivered(
-        app: tuple[Api, Credentials], engine: Engine, hook: HookServer) -> None:
+    app: tuple[Api, Credentials], engine: Engine, hook: HookServer
+) -> None:
     api, creds = app
     hook.script("/b")
     batch = [{"url": f"{hook.url}/b?i={i}", "json": {"i": i}} for i in range(1000)]
@@ -46,11 +48,13 @@ def test_a_valid_batch_of_1000_is_stored_and_delivered(
 
 def test_single_tasks_and_body_forms(app: tuple[Api, Credentials], hook: HookServer) -> None:
     api, _ = app
-    items = {
+    items: dict[str, dict[str, Any]] = {
         "/json": {"json": {"a": [1, "ü"]}},
         "/text": {"body": "plain ✓", "method": "PUT"},
-        "/b64": {"body_base64": base64.b64encode(b"\x00\xff\xfe").decode(),
-                 "content_type": "application/octet-stream"},
+        "/b64": {
+            "body_base64": base64.b64encode(b"\x00\xff\xfe").decode(),
+            "content_type": "application/octet-stream",
+        },
         "/headers": {"headers": {"X-Trace": "t-1"}, "max_retries": 3, "timeout": 5},
     }
     for path, extra in items.items():

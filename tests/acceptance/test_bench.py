@@ -20,8 +20,11 @@ SCENARIOS = ("enqueue", "batch", "end_to_end", "end_to_end_batch", "latency", "c
 
 
 def _env(database_url: str, redis_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("NTQ_", "DATABASE_URL", "REDIS_URL", "WEB_CONCURRENCY"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NTQ_", "DATABASE_URL", "REDIS_URL", "WEB_CONCURRENCY"))
+    }
     env.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url})
     return env
 
@@ -29,17 +32,45 @@ def _env(database_url: str, redis_url: str) -> dict[str, str]:
 def bench(env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     """``ntq bench --quick`` with ``args``, its JSON in ``bench.json``, running."""
     return subprocess.Popen(
-        [sys.executable, "-m", "ntq", "bench", "--quick", "--json", str(tmp_path / "bench.json"),
-         *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "ntq",
+            "bench",
+            "--quick",
+            "--json",
+            str(tmp_path / "bench.json"),
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def test_quick_bench_reports_every_figure(migrated: str, redis_url: str, clean: None,
-                                          engine: Engine, tmp_path: Path) -> None:
+def test_quick_bench_reports_every_figure(
+    migrated: str, redis_url: str, clean: None, engine: Engine, tmp_path: Path
+) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "ntq", "bench", "--quick", "--json", str(out),
-         "--log-dir", str(tmp_path / "logs")],
-        env=_env(migrated, redis_url), capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            "-m",
+            "ntq",
+            "bench",
+            "--quick",
+            "--json",
+            str(out),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        env=_env(migrated, redis_url),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "target (issue 5)" in done.stdout  # the table
     assert "failed" not in done.stderr
@@ -70,8 +101,12 @@ def test_quick_bench_reports_every_figure(migrated: str, redis_url: str, clean: 
     assert len(data["targets"]) == 7
 
     ceilings = data["ceilings"]  # what the machine does without ntq, in the same run
-    for figure in ("http_wsgi_per_s", "http_pyramid_per_s", "postgres_inserts_per_s",
-                   "delivery_per_s"):
+    for figure in (
+        "http_wsgi_per_s",
+        "http_pyramid_per_s",
+        "postgres_inserts_per_s",
+        "delivery_per_s",
+    ):
         assert ceilings[figure] > 0, figure
     assert "ceiling (no ntq)" in done.stdout
     rows = data["ceiling_shares"]
@@ -79,19 +114,40 @@ def test_quick_bench_reports_every_figure(migrated: str, redis_url: str, clean: 
     assert all(row["percent"] > 0 for row in rows)
 
     with engine.connect() as conn:  # the benchmark removes its application and tasks
-        assert conn.execute(text("SELECT count(*) FROM apps WHERE name LIKE 'ntq-bench-%'")
-                            ).scalar() == 0
+        assert (
+            conn.execute(text("SELECT count(*) FROM apps WHERE name LIKE 'ntq-bench-%'")).scalar()
+            == 0
+        )
         assert conn.execute(text("SELECT count(*) FROM tasks")).scalar() == 0
         assert conn.execute(text("SELECT to_regclass('ntq_bench_ceiling')")).scalar() is None
 
 
-def test_profile_records_each_process_with_a_summary(migrated: str, redis_url: str,
-                                                     clean: None, tmp_path: Path) -> None:
+def test_profile_records_each_process_with_a_summary(
+    migrated: str, redis_url: str, clean: None, tmp_path: Path
+) -> None:
     profiles = tmp_path / "profiles"
     done = subprocess.run(
-        [sys.executable, "-m", "ntq", "bench", "--quick", "--only", "enqueue", "--tasks", "3000",
-         "--json", str(tmp_path / "bench.json"), "--profile", str(profiles)],
-        env=_env(migrated, redis_url), capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "ntq",
+            "bench",
+            "--quick",
+            "--only",
+            "enqueue",
+            "--tasks",
+            "3000",
+            "--json",
+            str(tmp_path / "bench.json"),
+            "--profile",
+            str(profiles),
+        ],
+        env=_env(migrated, redis_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (profiles / "enqueue-web.txt").stat().st_size > 0  # py-spy's collapsed stacks
     summary = (profiles / "enqueue-web.summary.txt").read_text()
@@ -102,16 +158,19 @@ def test_profile_records_each_process_with_a_summary(migrated: str, redis_url: s
 
 
 def test_a_web_that_refuses_the_enqueues_fails_the_run_and_says_why(
-        migrated: str, redis_url: str, clean: None, tmp_path: Path) -> None:
+    migrated: str, redis_url: str, clean: None, tmp_path: Path
+) -> None:
     """A body limit smaller than the generator's task bodies: every enqueue is a 413."""
     env = {**_env(migrated, redis_url), "NTQ_MAX_BODY_BYTES": "8"}
     run = bench(env, tmp_path, "--only", "enqueue,batch,end_to_end", "--tasks", "200")
     stdout, stderr = run.communicate(timeout=180)
     assert run.returncode == 1, stdout + stderr
-    for line in ("ntq bench: enqueue failed: POST / answered 413 (200 requests)",
-                 "ntq bench: enqueue failed: 0 of 200 tasks enqueued",
-                 "ntq bench: batch failed: POST /tasks answered 413",
-                 "ntq bench: end_to_end failed: POST / answered 413 (200 requests)"):
+    for line in (
+        "ntq bench: enqueue failed: POST / answered 413 (200 requests)",
+        "ntq bench: enqueue failed: 0 of 200 tasks enqueued",
+        "ntq bench: batch failed: POST /tasks answered 413",
+        "ntq bench: end_to_end failed: POST / answered 413 (200 requests)",
+    ):
         assert line in stderr, stderr
     assert "FAILED: enqueue: POST / answered 413" in stdout  # the table says so too
     data = json.loads((tmp_path / "bench.json").read_text())
@@ -131,10 +190,19 @@ def worker_of(pid: int) -> int | None:
 
 
 def test_a_worker_that_dies_mid_scenario_fails_the_run_and_says_which(
-        migrated: str, redis_url: str, clean: None, tmp_path: Path) -> None:
+    migrated: str, redis_url: str, clean: None, tmp_path: Path
+) -> None:
     logs = tmp_path / "logs"
-    run = bench(_env(migrated, redis_url), tmp_path, "--only", "end_to_end,latency",
-                "--tasks", "50000", "--log-dir", str(logs))
+    run = bench(
+        _env(migrated, redis_url),
+        tmp_path,
+        "--only",
+        "end_to_end,latency",
+        "--tasks",
+        "50000",
+        "--log-dir",
+        str(logs),
+    )
     try:
         deadline = time.monotonic() + 120
         # Once the load generator runs, the scenario is under way.

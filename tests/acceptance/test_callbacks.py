@@ -24,8 +24,9 @@ def payload(received: Received, secret: str) -> dict[str, Any]:
     assert received.headers["Content-Type"].startswith("application/json")
     headers = {k.lower(): v for k, v in received.headers.items()}
     assert "webhook-signature" in headers, "the callback is not signed"
-    expected = signing.signature(secret, headers["webhook-id"],
-                                 int(headers["webhook-timestamp"]), received.body)
+    expected = signing.signature(
+        secret, headers["webhook-id"], int(headers["webhook-timestamp"]), received.body
+    )
     assert expected in headers["webhook-signature"].split(" ")
     data: dict[str, Any] = json.loads(received.body)
     assert set(data) == {"task", "response"}
@@ -33,21 +34,28 @@ def payload(received: Received, secret: str) -> dict[str, Any]:
 
 
 def test_callback_gets_each_terminal_state_exactly_once(
-        app: tuple[Api, Credentials], hook: HookServer) -> None:
+    app: tuple[Api, Credentials], hook: HookServer
+) -> None:
     api, creds = app
-    completed = enqueue(api, hook.script("/flaky", {"status": 500}, {"status": 200,
-                                                                     "body": "result"}),
-                        callback=hook.script("/cb-completed"))
-    failed = enqueue(api, hook.script("/gone", {"status": 410, "body": "no such job"}),
-                     callback=hook.script("/cb-failed"))
-    cancelled = enqueue(api, hook.script("/later"), delay=60,
-                        callback=hook.script("/cb-cancelled"))
+    completed = enqueue(
+        api,
+        hook.script("/flaky", {"status": 500}, {"status": 200, "body": "result"}),
+        callback=hook.script("/cb-completed"),
+    )
+    failed = enqueue(
+        api,
+        hook.script("/gone", {"status": 410, "body": "no such job"}),
+        callback=hook.script("/cb-failed"),
+    )
+    cancelled = enqueue(api, hook.script("/later"), delay=60, callback=hook.script("/cb-cancelled"))
     assert api.delete(f"/tasks/{cancelled}").status_code == 204
 
     for task_id in (completed, failed, cancelled):
         api.wait_status(task_id, *TERMINAL)
-    calls = {path: hook.wait_for(1, path, timeout=10)
-             for path in ("/cb-completed", "/cb-failed", "/cb-cancelled")}
+    calls = {
+        path: hook.wait_for(1, path, timeout=10)
+        for path in ("/cb-completed", "/cb-failed", "/cb-cancelled")
+    }
     time.sleep(1.0)  # a second callback (e.g. for the intermediate 500) would show by now
 
     for path in calls:
@@ -72,8 +80,7 @@ def test_callback_gets_each_terminal_state_exactly_once(
     assert hook.requests("/later", method="POST") == []
 
 
-def test_a_failing_callback_is_retried(app: tuple[Api, Credentials],
-                                       hook: HookServer) -> None:
+def test_a_failing_callback_is_retried(app: tuple[Api, Credentials], hook: HookServer) -> None:
     api, creds = app
     callback = hook.script("/cb", {"status": 500}, {"status": 200})
     task_id = enqueue(api, hook.script("/ok", {"body": "fine"}), callback=callback)

@@ -47,7 +47,8 @@ def assert_cancel_notice(hook: HookServer, path: str, task_id: str) -> None:
 
 
 def test_cancel_interrupts_the_running_attempt_then_deletes_at_the_hook(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     url = hook.script("/slow", {"sleep": 3}, {"status": 200})
     task_id = enqueue(api, url)
     (started,) = hook.wait_for(1, "/slow", method="POST")
@@ -58,8 +59,9 @@ def test_cancel_interrupts_the_running_attempt_then_deletes_at_the_hook(
     assert response.status_code == 204, response.text
     assert api.task(task_id)["status"] == "CANCELLED", "not CANCELLED at once"
 
-    dropped_at = eventually(lambda: "/slow" in hook.dropped, 5,
-                            "the running attempt was not interrupted")
+    dropped_at = eventually(
+        lambda: "/slow" in hook.dropped, 5, "the running attempt was not interrupted"
+    )
     assert dropped_at - cancelled_at < 2.5, "interrupted too late"
     assert_cancel_notice(hook, "/slow", task_id)
 
@@ -73,7 +75,9 @@ def test_cancel_interrupts_the_running_attempt_then_deletes_at_the_hook(
 
     history = attempts(api, task_id)
     assert [(a["method"], a["outcome"]) for a in history] == [
-        ("POST", "interrupted"), ("DELETE", "cancel_notice")], history
+        ("POST", "interrupted"),
+        ("DELETE", "cancel_notice"),
+    ], history
     assert history[0]["status_code"] is None
     assert history[1]["status_code"] == 200
 
@@ -83,7 +87,8 @@ def test_cancel_interrupts_the_running_attempt_then_deletes_at_the_hook(
 
 
 def test_an_outcome_arriving_after_the_cancel_is_ignored(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     """The worker is frozen (SIGSTOP) while the hook answers 200 and the task is
     cancelled: when it resumes, the 200 is in its socket. Whether it notices the cancel
     first or the response first, the task must stay CANCELLED."""
@@ -100,8 +105,11 @@ def test_an_outcome_arriving_after_the_cancel_is_ignored(
         worker.signal(signal.SIGCONT)
 
     assert_cancel_notice(hook, "/late", task_id)
-    eventually(lambda: any(a["outcome"] == "cancel_notice" for a in attempts(api, task_id)),
-               5, "the notice was not recorded")
+    eventually(
+        lambda: any(a["outcome"] == "cancel_notice" for a in attempts(api, task_id)),
+        5,
+        "the notice was not recorded",
+    )
     task = api.task(task_id)
     assert task["status"] == "CANCELLED"
     assert task["last_status_code"] is None, "the late 200 was applied to the task"
@@ -114,13 +122,17 @@ def test_an_outcome_arriving_after_the_cancel_is_ignored(
 
 
 def test_cancel_while_waiting_for_a_retry_stops_all_further_attempts(
-        api: Api, hook: HookServer) -> None:
+    api: Api, hook: HookServer
+) -> None:
     """The requeue poller runs too: it must not bring the task back either."""
     url = hook.script("/again", {"status": 500}, {"status": 200})
     task_id = enqueue(api, url)
     (first,) = hook.wait_for(1, "/again", method="POST")
-    eventually(lambda: api.task(task_id)["last_status_code"] == 500, 5,
-               "the failed attempt was not recorded")
+    eventually(
+        lambda: api.task(task_id)["last_status_code"] == 500,
+        5,
+        "the failed attempt was not recorded",
+    )
     assert api.task(task_id)["status"] == "PENDING"
 
     assert api.delete(f"/tasks/{task_id}").status_code == 204
@@ -167,28 +179,36 @@ def test_the_cancel_delete_is_retried_after_a_network_error(api: Api, hook: Hook
     assert (first.status, retry.status) == (None, 200)
     assert retry.headers["NTQ-Task-Id"] == task_id
     assert retry.headers["X-Trace"] == "trace-1"
-    assert retry.headers["webhook-id"] == first.headers["webhook-id"], \
+    assert retry.headers["webhook-id"] == first.headers["webhook-id"], (
         "the retry is another message"
+    )
     assert retry.headers["webhook-id"] != task_id
     eventually(lambda: attempts(api, task_id), 5, "the notice was not recorded")
     history = attempts(api, task_id)
     assert [(a["method"], a["outcome"], a["status_code"]) for a in history] == [
-        ("DELETE", "cancel_notice", 200)], history
+        ("DELETE", "cancel_notice", 200)
+    ], history
 
 
 def test_a_hook_that_has_not_started_gets_no_notice_unless_asked(
-        api: Api, hook: HookServer) -> None:
+    api: Api, hook: HookServer
+) -> None:
     """``cancel_notice``: ``started`` (the default) sends the DELETE only once an attempt
     has begun; ``always`` sends it anyway; ``never`` does not, even mid-attempt. Both
     enqueue forms take it, and the task shows it."""
     default = enqueue(api, hook.script("/default"), delay=60)
-    always = api.post("/tasks", json={"url": hook.script("/always"), "delay": 60,
-                                      "cancel_notice": "always"}).json()["id"]
-    never = enqueue(api, hook.script("/never", {"sleep": 3}, {"status": 200}),
-                    cancel_notice="never")
+    always = api.post(
+        "/tasks", json={"url": hook.script("/always"), "delay": 60, "cancel_notice": "always"}
+    ).json()["id"]
+    never = enqueue(
+        api, hook.script("/never", {"sleep": 3}, {"status": 200}), cancel_notice="never"
+    )
     hook.wait_for(1, "/never", method="POST")
     assert [api.task(t)["cancel_notice"] for t in (default, always, never)] == [
-        "started", "always", "never"]
+        "started",
+        "always",
+        "never",
+    ]
 
     for task_id in (default, always, never):
         assert api.delete(f"/tasks/{task_id}").status_code == 204

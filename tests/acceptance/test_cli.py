@@ -19,8 +19,14 @@ HOOK = "https://example.com/hook"
 
 def ntq(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the ``ntq`` command against the test database and Redis."""
-    return subprocess.run([sys.executable, "-m", "ntq", *args], env={**stack.env, **env},
-                           capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ntq", *args],
+        env={**stack.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def last_json(result: subprocess.CompletedProcess[str]) -> Any:
@@ -101,13 +107,16 @@ def test_keys_are_listed_by_prefix_and_revoked_by_it(stack: Stack) -> None:
         client.http.close()
 
 
-def test_a_prefix_naming_several_active_keys_revokes_none(stack: Stack, engine: Engine
-                                                           ) -> None:
+def test_a_prefix_naming_several_active_keys_revokes_none(stack: Stack, engine: Engine) -> None:
     create(stack, "twins")
     ntq(stack, "apps", "add-key", "twins")
     with engine.begin() as conn:  # 48 random bits make this rare; make it happen
-        conn.execute(text("UPDATE api_keys SET prefix = 'ntq_SAMEPFX1' WHERE app_id = "
-                          "(SELECT id FROM apps WHERE name = 'twins')"))
+        conn.execute(
+            text(
+                "UPDATE api_keys SET prefix = 'ntq_SAMEPFX1' WHERE app_id = "
+                "(SELECT id FROM apps WHERE name = 'twins')"
+            )
+        )
     result = ntq(stack, "apps", "revoke", "--key", "ntq_SAMEPFX1")
     assert result.returncode == 1
     assert "2 active keys start with" in result.stdout
@@ -128,14 +137,18 @@ def test_revoking_an_unknown_application_fails(stack: Stack) -> None:
     assert result.returncode != 0
 
 
-@pytest.mark.parametrize(("command", "variable", "value"), [
-    (("apps", "list"), "NTQ_MAX_RETRIES", "lots"),
-    (("worker",), "NTQ_WORKER_CONCURRENCY", "many"),
-    (("requeue",), "NTQ_REQUEUE_INTERVAL", "often"),
-    (("web",), "PORT", "http"),
-])
+@pytest.mark.parametrize(
+    ("command", "variable", "value"),
+    [
+        (("apps", "list"), "NTQ_MAX_RETRIES", "lots"),
+        (("worker",), "NTQ_WORKER_CONCURRENCY", "many"),
+        (("requeue",), "NTQ_REQUEUE_INTERVAL", "often"),
+        (("web",), "PORT", "http"),
+    ],
+)
 def test_a_bad_setting_stops_the_command_naming_the_variable(
-        stack: Stack, command: tuple[str, ...], variable: str, value: str) -> None:
+    stack: Stack, command: tuple[str, ...], variable: str, value: str
+) -> None:
     result = ntq(stack, *command, **{variable: value})
     assert result.returncode not in (0, None)
     assert variable in result.stderr + result.stdout
@@ -152,6 +165,8 @@ def test_the_web_servers_own_messages_are_json_lines_too(stack: Stack) -> None:
     wait_log(web, "was sent SIGKILL")
     lines = [line for line in web.output().splitlines() if line.strip()]
     events = [json.loads(line) for line in lines]  # every line is a JSON object
-    assert any("was sent SIGKILL" in event["event"] and event["logger"] == "gunicorn.error"
-               for event in events), lines
+    assert any(
+        "was sent SIGKILL" in event["event"] and event["logger"] == "gunicorn.error"
+        for event in events
+    ), lines
     assert {"level", "timestamp"} <= set(events[0])

@@ -20,7 +20,8 @@ from tests.support.tasks import statuses
 
 
 def test_worker_killed_mid_delivery_is_delivered_again(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     stack.requeue()
     doomed = stack.worker()
     url = hook.script("/crash", {"sleep": 30, "status": 200}, {"status": 200})
@@ -44,8 +45,7 @@ def test_worker_killed_mid_delivery_is_delivered_again(
     assert (task["status"], task["retry_count"]) == ("COMPLETED", 2)
 
 
-def test_sigterm_lets_the_running_attempt_finish(api: Api, stack: Stack,
-                                                hook: HookServer) -> None:
+def test_sigterm_lets_the_running_attempt_finish(api: Api, stack: Stack, hook: HookServer) -> None:
     """The first signal stops taking tasks but lets attempts in flight complete."""
     worker = stack.worker()
     url = hook.script("/draining", {"sleep": 2, "status": 200})
@@ -96,13 +96,16 @@ def enqueue_one_by_one(stack: Stack, key: str, url: str, count: int) -> list[str
 
 
 def test_three_workers_deliver_every_task_exactly_once(
-        api: Api, stack: Stack, hook: HookServer, engine: Engine) -> None:
+    api: Api, stack: Stack, hook: HookServer, engine: Engine
+) -> None:
     for _ in range(3):
         stack.worker("--concurrency", "50")
     stack.requeue()  # re-announce every due task they see: duplicate hints, not deliveries;
     stack.requeue()  # and two pollers must be harmless
     url = hook.script("/bulk")
-    key = api.http.headers["Authorization"].split(" ", 1)[1]
+    authorization = api.http.headers["Authorization"]
+    assert isinstance(authorization, str)  # set from a str; requests also allows bytes
+    key = authorization.split(" ", 1)[1]
 
     ids = enqueue_all(stack, key, url, TASKS)
     assert len(set(ids)) == TASKS

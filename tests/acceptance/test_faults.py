@@ -41,11 +41,13 @@ SCHEDULED_KEY = "ntq:scheduled"
 
 # --- helpers -------------------------------------------------------------------------------
 
+
 def db_tasks(engine: Engine) -> dict[str, dict[str, Any]]:
     """Every task in the database: id -> {status, retry_count, last_status_code}."""
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT id, status, retry_count, last_status_code, last_error FROM tasks")).all()
+        rows = conn.execute(
+            text("SELECT id, status, retry_count, last_status_code, last_error FROM tasks")
+        ).all()
     return {str(r.id): r._asdict() for r in rows}
 
 
@@ -59,8 +61,10 @@ def wait_all_terminal(engine: Engine, timeout: float = 45) -> dict[str, dict[str
             return tasks
         if time.monotonic() > deadline:
             sample = list(pending.items())[:5]
-            raise AssertionError(f"{len(pending)} of {len(tasks)} tasks still PENDING after "
-                                 f"{timeout} s, e.g. {sample}")
+            raise AssertionError(
+                f"{len(pending)} of {len(tasks)} tasks still PENDING after "
+                f"{timeout} s, e.g. {sample}"
+            )
         time.sleep(0.2)
 
 
@@ -97,16 +101,19 @@ def readyz(base: str) -> tuple[int, dict[str, Any]]:
 
 # --- 6. SIGKILL the worker ----------------------------------------------------------------
 
+
 def test_worker_sigkilled_mid_delivery_every_task_still_completes(
-        api: Api, stack: Stack, hook: HookServer, engine: Engine) -> None:
+    api: Api, stack: Stack, hook: HookServer, engine: Engine
+) -> None:
     url = hook.script("/slow", {"sleep": 1})
     ids = {enqueue(api, url, timeout=2) for _ in range(30)}
     first = stack.worker("--concurrency", "10")
 
     hook.wait_for(13, "/slow")  # the first wave answered, the second one in flight
     first.kill()
-    in_flight = {k for k, v in db_tasks(engine).items()
-                 if v["status"] == "PENDING" and v["retry_count"] >= 1}
+    in_flight = {
+        k for k, v in db_tasks(engine).items() if v["status"] == "PENDING" and v["retry_count"] >= 1
+    }
     assert in_flight, "no attempt was in flight when the worker was killed"
     assert wait_until(lambda: hook.dropped, 5), "the hook never saw a connection cut by the kill"
 
@@ -116,13 +123,15 @@ def test_worker_sigkilled_mid_delivery_every_task_still_completes(
     tasks = wait_all_terminal(engine, timeout=2 + transitions.LEASE_GRACE + 40)
     assert set(tasks) == ids
     assert {v["status"] for v in tasks.values()} == {"COMPLETED"}, tasks
-    assert all(tasks[k]["retry_count"] >= 2 for k in in_flight), \
+    assert all(tasks[k]["retry_count"] >= 2 for k in in_flight), (
         "a task whose attempt was killed must have been attempted again"
+    )
     assert all(v["last_status_code"] == 200 for v in tasks.values())
     assert delivered_ids(hook, "/slow") == ids
 
 
 # --- 7. SIGKILL the web process ------------------------------------------------------------
+
 
 @dataclass
 class Clients:
@@ -151,8 +160,9 @@ class Clients:
         while not self.stop.is_set():
             sent += 1
             try:
-                response = client.enqueue(self.url, f"client {number} #{sent}".encode(),
-                                          "text/plain")
+                response = client.enqueue(
+                    self.url, f"client {number} #{sent}".encode(), "text/plain"
+                )
             except requests.RequestException as exc:
                 with self.lock:
                     self.errors.append(type(exc).__name__)
@@ -177,7 +187,8 @@ class Clients:
 
 
 def test_web_sigkilled_while_clients_enqueue_every_201_task_is_delivered(
-        api: Api, stack: Stack, hook: HookServer, engine: Engine, creds: Credentials) -> None:
+    api: Api, stack: Stack, hook: HookServer, engine: Engine, creds: Credentials
+) -> None:
     stack.worker("--concurrency", "20")
     stack.requeue()
     url = hook.script("/hook")
@@ -189,8 +200,9 @@ def test_web_sigkilled_while_clients_enqueue_every_201_task_is_delivered(
         before = clients.count()
         time.sleep(1)
         stack.web()
-        assert wait_until(lambda: clients.count() >= before + 60, 30), \
+        assert wait_until(lambda: clients.count() >= before + 60, 30), (
             "enqueues did not resume after the web restarted"
+        )
     finally:
         clients.finish()
 
@@ -214,9 +226,14 @@ def test_web_sigkilled_while_clients_enqueue_every_201_task_is_delivered(
 
 # --- 8. Redis restarted, flushed, down -----------------------------------------------------
 
+
 def test_redis_restarted_enqueues_succeed_and_every_task_is_delivered(
-        private_api: Api, private_stack: Stack, private_redis: RedisServer,
-        hook: HookServer, engine: Engine) -> None:
+    private_api: Api,
+    private_stack: Stack,
+    private_redis: RedisServer,
+    hook: HookServer,
+    engine: Engine,
+) -> None:
     private_stack.worker("--concurrency", "10")
     private_stack.requeue()
     url = hook.script("/hook")
@@ -236,8 +253,12 @@ def test_redis_restarted_enqueues_succeed_and_every_task_is_delivered(
 
 
 def test_redis_flushed_loses_no_queued_scheduled_or_retrying_task(
-        private_api: Api, private_stack: Stack, private_redis: RedisServer,
-        hook: HookServer, engine: Engine) -> None:
+    private_api: Api,
+    private_stack: Stack,
+    private_redis: RedisServer,
+    hook: HookServer,
+    engine: Engine,
+) -> None:
     client = redis.Redis.from_url(private_redis.url)
     flaky = hook.script("/flaky", {"status": 500}, {"status": 200})
     retrying = enqueue(private_api, flaky)
@@ -265,8 +286,12 @@ def test_redis_flushed_loses_no_queued_scheduled_or_retrying_task(
 
 
 def test_redis_down_for_10s_readyz_says_so_enqueues_succeed_then_all_reconnect(
-        private_api: Api, private_stack: Stack, private_redis: RedisServer,
-        hook: HookServer, engine: Engine) -> None:
+    private_api: Api,
+    private_stack: Stack,
+    private_redis: RedisServer,
+    hook: HookServer,
+    engine: Engine,
+) -> None:
     private_stack.worker("--concurrency", "10")
     requeue = private_stack.requeue()
     url = hook.script("/hook")
@@ -296,8 +321,9 @@ def test_redis_down_for_10s_readyz_says_so_enqueues_succeed_then_all_reconnect(
     # BLPOP alone: both must have reconnected by themselves.
     requeue.stop()
     fresh = {enqueue(private_api, url) for _ in range(3)}
-    assert not wait_delivered(hook, "/hook", fresh, 15), \
+    assert not wait_delivered(hook, "/hook", fresh, 15), (
         "web or worker did not reconnect to Redis (only the poller delivered)"
+    )
 
 
 class BlackholeProxy:
@@ -334,8 +360,9 @@ class BlackholeProxy:
                 return
             self.sockets += [client, server]
             for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst, self.generation),
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self._pump, args=(src, dst, self.generation), daemon=True
+                ).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, generation: int) -> None:
         while True:
@@ -351,8 +378,13 @@ class BlackholeProxy:
 
 
 def test_redis_connections_silently_dropped_worker_reconnects_by_itself(
-        clean: None, migrated: str, private_redis: RedisServer, creds: Credentials,
-        hook: HookServer, tmp_path: Path) -> None:
+    clean: None,
+    migrated: str,
+    private_redis: RedisServer,
+    creds: Credentials,
+    hook: HookServer,
+    tmp_path: Path,
+) -> None:
     """Redis (or the path to it) goes away without closing the connections, and comes
     back at the same address: every process must notice and reconnect, not wait forever
     on a dead socket."""
@@ -374,7 +406,8 @@ def test_redis_connections_silently_dropped_worker_reconnects_by_itself(
         assert not missing, (
             f"{len(missing)} of {len(ids)} tasks not delivered 20 s after the Redis "
             "connections died silently: the worker still waits on its dead BLPOP "
-            "connection (no socket timeout)")
+            "connection (no socket timeout)"
+        )
 
         # The cancel listener (pub/sub) must have reconnected too, in a while (a cancel
         # published before it has is lost: a hint, never the truth): once it has, a
@@ -384,8 +417,9 @@ def test_redis_connections_silently_dropped_worker_reconnects_by_itself(
         task_id = enqueue(api, hang, timeout=30)
         hook.wait_for(1, "/hang")
         assert api.delete(f"/tasks/{task_id}").status_code == 204
-        assert wait_until(lambda: "/hang" in hook.dropped, 10), \
+        assert wait_until(lambda: "/hang" in hook.dropped, 10), (
             "the running attempt was not interrupted: the cancel listener is deaf"
+        )
     finally:
         api.http.close()
         stack.stop()
@@ -394,14 +428,15 @@ def test_redis_connections_silently_dropped_worker_reconnects_by_itself(
 
 # --- 9. PostgreSQL restarted ---------------------------------------------------------------
 
+
 @pytest.fixture
 def private_pg(tmp_path: Path) -> Iterator[PrivatePostgres]:
     yield from migrated_private_postgres(tmp_path / "pg")
 
 
 def test_postgres_restarted_web_answers_503_then_recovers_and_no_task_is_lost(
-        private_pg: PrivatePostgres, private_redis: RedisServer, hook: HookServer,
-        tmp_path: Path) -> None:
+    private_pg: PrivatePostgres, private_redis: RedisServer, hook: HookServer, tmp_path: Path
+) -> None:
     engine = make_engine(private_pg.url, pool_size=2, max_overflow=2)
     with engine.begin() as conn:
         creds = apps.create(conn, "pg-app")
@@ -443,8 +478,7 @@ def test_postgres_restarted_web_answers_503_then_recovers_and_no_task_is_lost(
         assert not wait_delivered(hook, "/hook", ids)
         # The attempts that ended during the outage were recorded once the database came
         # back (the worker retries its write): delivered once, not retried after a lease.
-        assert sorted(r.headers["NTQ-Task-Id"] for r in hook.requests("/slow")) == \
-            sorted(in_flight)
+        assert sorted(r.headers["NTQ-Task-Id"] for r in hook.requests("/slow")) == sorted(in_flight)
         assert all(tasks[k]["retry_count"] == 1 for k in in_flight), tasks
     finally:
         api.http.close()
@@ -454,8 +488,10 @@ def test_postgres_restarted_web_answers_503_then_recovers_and_no_task_is_lost(
 
 # --- 10. SIGTERM to a worker ---------------------------------------------------------------
 
+
 def test_sigterm_lets_in_flight_attempts_finish_takes_nothing_new_and_exits_0(
-        api: Api, stack: Stack, hook: HookServer, engine: Engine) -> None:
+    api: Api, stack: Stack, hook: HookServer, engine: Engine
+) -> None:
     url = hook.script("/slow", {"sleep": 2})
     ids = [enqueue(api, url, timeout=10) for _ in range(8)]
     worker = stack.worker("--concurrency", "4")
@@ -480,7 +516,8 @@ def test_sigterm_lets_in_flight_attempts_finish_takes_nothing_new_and_exits_0(
 
 
 def test_second_sigterm_stops_the_worker_at_once_and_the_tasks_are_retried_later(
-        api: Api, stack: Stack, hook: HookServer, engine: Engine) -> None:
+    api: Api, stack: Stack, hook: HookServer, engine: Engine
+) -> None:
     # Three attempts hang for 6 s; afterwards the hook answers at once. Lease: 7 + 10 s.
     url = hook.script("/hang", {"sleep": 6}, {"sleep": 6}, {"sleep": 6}, {"status": 200})
     ids = {enqueue(api, url, timeout=7) for _ in range(3)}
@@ -508,7 +545,8 @@ def test_second_sigterm_stops_the_worker_at_once_and_the_tasks_are_retried_later
 
 
 def test_sigterm_grace_expiry_interrupts_attempts_and_exits(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     url = hook.script("/hang", {"sleep": 8})
     for _ in range(2):
         enqueue(api, url, timeout=10)

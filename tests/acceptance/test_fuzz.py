@@ -28,9 +28,15 @@ from tests.support.procs import Api, Stack
 # (tests/integration/test_openapi.py).
 stack = module_stack(worker=False)
 
-CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
-          "response_headers_conformance", "response_schema_conformance",
-          "unsupported_method", "ignored_auth")
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "unsupported_method",
+    "ignored_auth",
+)
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 EXAMPLES = int(os.environ.get("NTQ_FUZZ_EXAMPLES", "50"))
 # About a second per example here (2 cores), with room to spare.
@@ -46,26 +52,53 @@ def schemathesis(stack: Stack, key: str, workdir: Path) -> subprocess.CompletedP
     document = workdir / "openapi.json"
     document.write_bytes(requests.get(f"{stack.url}/openapi.json", timeout=10).content)
     return subprocess.run(
-        [str(st), "--config-file", str(CONFIG), "run", str(document), "--url", stack.url,
-         "--checks", ",".join(CHECKS),
-         "--max-examples", str(EXAMPLES), "--header", f"Authorization: Bearer {key}",
-         "--workers", "1", "--request-timeout", "70", "--no-color",
-         "--report", "junit", "--report-dir", str(workdir)],
+        [
+            str(st),
+            "--config-file",
+            str(CONFIG),
+            "run",
+            str(document),
+            "--url",
+            stack.url,
+            "--checks",
+            ",".join(CHECKS),
+            "--max-examples",
+            str(EXAMPLES),
+            "--header",
+            f"Authorization: Bearer {key}",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "70",
+            "--no-color",
+            "--report",
+            "junit",
+            "--report-dir",
+            str(workdir),
+        ],
         # In the test's directory: schemathesis and hypothesis keep caches where they run.
-        cwd=workdir, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
 
 
 @pytest.mark.timeout(TIMEOUT + 60)
-def test_schemathesis_finds_no_failure(stack: Stack, app: tuple[Api, Credentials],
-                                       tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_schemathesis_finds_no_failure(
+    stack: Stack, app: tuple[Api, Credentials], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, creds = app
     result = schemathesis(stack, creds.api_key, tmp_path)
     with capsys.disabled():
-        print(f"\n--- schemathesis ({EXAMPLES} examples per operation)\n{result.stdout}"
-              f"{result.stderr}")
+        print(
+            f"\n--- schemathesis ({EXAMPLES} examples per operation)\n{result.stdout}"
+            f"{result.stderr}"
+        )
     assert result.returncode == 0, "schemathesis found failures (its summary is above)"
     document = json.loads((tmp_path / "openapi.json").read_text())
-    operations = sum(method != "parameters" for item in document["paths"].values()
-                     for method in item)
+    operations = sum(
+        method != "parameters" for item in document["paths"].values() for method in item
+    )
     assert f"Tested: {operations}\n" in result.stdout  # every operation, none skipped

@@ -46,58 +46,170 @@ class Case:
     framing: bytes | None = None  # sent verbatim as a chunked body (malformed framing)
 
 
-def enq(name: str, status: int | tuple[int, ...], code: str | None, *,
-        headers: tuple[tuple[str, str], ...] = (), raw_headers: bytes = b"",
-        **params: Any) -> Case:
+def enq(
+    name: str,
+    status: int | tuple[int, ...],
+    code: str | None,
+    *,
+    headers: tuple[tuple[str, str], ...] = (),
+    raw_headers: bytes = b"",
+    **params: Any,
+) -> Case:
     """``POST /`` (the nTorque form) with a valid url unless the row overrides it."""
     query = {"url": GOOD, **params}
     query = {k: v for k, v in query.items() if v is not None}
-    return Case(name, "POST", "/?" + urlencode(query, quote_via=quote), status, code,
-                headers=(("Content-Type", "text/plain"), *headers), body=b"payload",
-                raw_headers=raw_headers)
+    return Case(
+        name,
+        "POST",
+        "/?" + urlencode(query, quote_via=quote),
+        status,
+        code,
+        headers=(("Content-Type", "text/plain"), *headers),
+        body=b"payload",
+        raw_headers=raw_headers,
+    )
 
 
-def get(name: str, path: str, status: int | tuple[int, ...], code: str | None = None,
-        method: str = "GET") -> Case:
+def get(
+    name: str,
+    path: str,
+    status: int | tuple[int, ...],
+    code: str | None = None,
+    method: str = "GET",
+) -> Case:
     return Case(name, method, path, status, code)
 
 
 CASES: list[Case] = [
-    Case("unknown key, large batch announced", "POST", "/tasks", 401, "unauthorized",
-         auth=False, body=b"[", content_length="10000000",
-         headers=(("Authorization", "Bearer ntq_notakey"), ("Content-Type", "application/json"))),
-    Case("unknown key, large task announced", "POST", "/?url=http%3A%2F%2Fexample.com%2F", 401,
-         "unauthorized", auth=False, body=b"x", content_length="1000000",
-         headers=(("Authorization", "Bearer ntq_notakey"), ("Content-Type", "text/plain"))),
-    enq("pass-through value with bare CR", 400, None,
-        raw_headers=b"NTQ-PASSTHROUGH-X-A: a\rInjected: 1\r\n"),
-    enq("pass-through value with obs-fold", 400, None,
-        raw_headers=b"NTQ-PASSTHROUGH-X-A: a\r\n Injected: 1\r\n"),
-    enq("pass-through value with NUL", 400, None,
-        raw_headers=b"NTQ-PASSTHROUGH-X-A: a\x00Injected: 1\r\n"),
-    Case("chunked body over 1 MiB", "POST", "/?" + urlencode({"url": GOOD}), 413,
-         "body_too_large", body=b"x" * (MiB + 1), chunked=True),
-    Case("chunk size that is not hex", "POST", "/?" + urlencode({"url": GOOD}), 400,
-         "invalid_framing", framing=b"zz\r\npayload\r\n0\r\n\r\n"),
-    Case("chunk without its terminating CRLF", "POST", "/?" + urlencode({"url": GOOD}), 400,
-         "invalid_framing", framing=b"7\r\npayloadXX0\r\n\r\n"),
-    Case("Content-Length claims a terabyte", "POST", "/?" + urlencode({"url": GOOD}), 413,
-         "body_too_large", body=b"x", content_length=str(10**12)),
-    Case("negative Content-Length", "POST", "/?" + urlencode({"url": GOOD}), 400,
-         body=b"x", content_length="-1"),
-    Case("non-numeric Content-Length", "POST", "/?" + urlencode({"url": GOOD}), 400,
-         body=b"x", content_length="12abc"),
-    Case("Content-Length and Transfer-Encoding (smuggling)", "POST",
-         "/?" + urlencode({"url": GOOD}), 400, body=b"x",
-         raw_headers=b"Transfer-Encoding: chunked\r\n"),
-    Case("one 20 KB header", "POST", "/?" + urlencode({"url": GOOD}), (400, 431),
-         headers=(("X-Big", "a" * 20_000),), body=b"x"),
-    Case("150 headers", "POST", "/?" + urlencode({"url": GOOD}), (400, 431),
-         headers=tuple((f"X-H{i}", "v") for i in range(150)), body=b"x"),
-    Case("request line of 10 KB", "POST", "/?" + urlencode({"url": GOOD + "?" + "a" * 10_000}),
-         (400, 414), body=b"x"),
-    Case("raw header name with a space", "POST", "/?" + urlencode({"url": GOOD}), 400,
-         raw_headers=b"Bad Name: x\r\n", body=b"x"),
+    Case(
+        "unknown key, large batch announced",
+        "POST",
+        "/tasks",
+        401,
+        "unauthorized",
+        auth=False,
+        body=b"[",
+        content_length="10000000",
+        headers=(("Authorization", "Bearer ntq_notakey"), ("Content-Type", "application/json")),
+    ),
+    Case(
+        "unknown key, large task announced",
+        "POST",
+        "/?url=http%3A%2F%2Fexample.com%2F",
+        401,
+        "unauthorized",
+        auth=False,
+        body=b"x",
+        content_length="1000000",
+        headers=(("Authorization", "Bearer ntq_notakey"), ("Content-Type", "text/plain")),
+    ),
+    enq(
+        "pass-through value with bare CR",
+        400,
+        None,
+        raw_headers=b"NTQ-PASSTHROUGH-X-A: a\rInjected: 1\r\n",
+    ),
+    enq(
+        "pass-through value with obs-fold",
+        400,
+        None,
+        raw_headers=b"NTQ-PASSTHROUGH-X-A: a\r\n Injected: 1\r\n",
+    ),
+    enq(
+        "pass-through value with NUL",
+        400,
+        None,
+        raw_headers=b"NTQ-PASSTHROUGH-X-A: a\x00Injected: 1\r\n",
+    ),
+    Case(
+        "chunked body over 1 MiB",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        413,
+        "body_too_large",
+        body=b"x" * (MiB + 1),
+        chunked=True,
+    ),
+    Case(
+        "chunk size that is not hex",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        400,
+        "invalid_framing",
+        framing=b"zz\r\npayload\r\n0\r\n\r\n",
+    ),
+    Case(
+        "chunk without its terminating CRLF",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        400,
+        "invalid_framing",
+        framing=b"7\r\npayloadXX0\r\n\r\n",
+    ),
+    Case(
+        "Content-Length claims a terabyte",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        413,
+        "body_too_large",
+        body=b"x",
+        content_length=str(10**12),
+    ),
+    Case(
+        "negative Content-Length",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        400,
+        body=b"x",
+        content_length="-1",
+    ),
+    Case(
+        "non-numeric Content-Length",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        400,
+        body=b"x",
+        content_length="12abc",
+    ),
+    Case(
+        "Content-Length and Transfer-Encoding (smuggling)",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        400,
+        body=b"x",
+        raw_headers=b"Transfer-Encoding: chunked\r\n",
+    ),
+    Case(
+        "one 20 KB header",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        (400, 431),
+        headers=(("X-Big", "a" * 20_000),),
+        body=b"x",
+    ),
+    Case(
+        "150 headers",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        (400, 431),
+        headers=tuple((f"X-H{i}", "v") for i in range(150)),
+        body=b"x",
+    ),
+    Case(
+        "request line of 10 KB",
+        "POST",
+        "/?" + urlencode({"url": GOOD + "?" + "a" * 10_000}),
+        (400, 414),
+        body=b"x",
+    ),
+    Case(
+        "raw header name with a space",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        400,
+        raw_headers=b"Bad Name: x\r\n",
+        body=b"x",
+    ),
 ]
 
 
@@ -115,15 +227,18 @@ class Reply:
 def encode_chunked(body: bytes) -> bytes:
     out = b""
     for start in range(0, len(body), 65536):
-        piece = body[start:start + 65536]
+        piece = body[start : start + 65536]
         out += b"%x\r\n" % len(piece) + piece + b"\r\n"
     return out + b"0\r\n\r\n"
 
 
 def send(port: int, key: str, case: Case, seed: str) -> Reply:
     target = case.target.replace("{seed}", seed)
-    lines = [f"{case.method} {target} HTTP/1.1".encode(), f"Host: 127.0.0.1:{port}".encode(),
-             b"Connection: close"]
+    lines = [
+        f"{case.method} {target} HTTP/1.1".encode(),
+        f"Host: 127.0.0.1:{port}".encode(),
+        b"Connection: close",
+    ]
     if case.auth:
         lines.append(f"Authorization: Bearer {key}".encode())
     lines += [f"{name}: {value}".encode() for name, value in case.headers]
@@ -159,7 +274,7 @@ def parse(data: bytes) -> Reply:
     if headers.get("transfer-encoding", "").lower() == "chunked":
         body = decode_chunked(body)
     elif "content-length" in headers:
-        body = body[:int(headers["content-length"])]
+        body = body[: int(headers["content-length"])]
     return Reply(int(status_line.split()[1]), headers, body)
 
 
@@ -170,7 +285,7 @@ def decode_chunked(data: bytes) -> bytes:
         size = int(size_line.split(b";")[0], 16)
         if size == 0:
             break
-        out, data = out + data[:size], data[size + 2:]
+        out, data = out + data[:size], data[size + 2 :]
     return out
 
 
@@ -187,9 +302,11 @@ class Target:
 
     def counts(self) -> tuple[int, int, int]:
         with self.engine.connect() as conn:
-            return (conn.execute(text("SELECT count(*) FROM tasks")).scalar_one(),
-                    conn.execute(text("SELECT count(*) FROM attempts")).scalar_one(),
-                    conn.execute(text("SELECT count(*) FROM apps")).scalar_one())
+            return (
+                conn.execute(text("SELECT count(*) FROM tasks")).scalar_one(),
+                conn.execute(text("SELECT count(*) FROM attempts")).scalar_one(),
+                conn.execute(text("SELECT count(*) FROM apps")).scalar_one(),
+            )
 
 
 stack = module_stack(worker=False)
@@ -211,8 +328,9 @@ def check(reply: Reply, case: Case) -> None:
     shown = reply.body[:300]
     assert reply.status < 500, f"{case.name}: {reply.status} {shown!r}"
     assert reply.status in wanted, f"{case.name}: got {reply.status}, want {wanted}: {shown!r}"
-    assert reply.headers.get("content-type", "").startswith("application/json"), \
+    assert reply.headers.get("content-type", "").startswith("application/json"), (
         f"{case.name}: not JSON: {reply.headers.get('content-type')} {shown!r}"
+    )
     error = json.loads(reply.body)["error"]
     assert isinstance(error["code"], str), case.name
     assert error["code"], case.name

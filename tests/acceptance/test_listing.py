@@ -31,8 +31,8 @@ def ids(page: dict[str, Any]) -> list[str]:
 
 
 def test_delete_all_removes_only_the_callers_tasks_and_interrupts_attempts(
-        app: tuple[Api, Credentials], stack: Stack, engine: Engine,
-        hook: HookServer) -> None:
+    app: tuple[Api, Credentials], stack: Stack, engine: Engine, hook: HookServer
+) -> None:
     """The tasks go at once; the hooks owed a cancel notice (an attempt had begun, or the
     task asked for one always) still get it, and only they."""
     api, creds = app
@@ -65,8 +65,9 @@ def test_delete_all_removes_only_the_callers_tasks_and_interrupts_attempts(
             (notice,) = hook.wait_for(1, path, method="DELETE", timeout=10)
             assert notice.headers["NTQ-Task-Id"] == task_id
             assert notice.headers["webhook-id"] != task_id
-        assert wait_until(lambda: count_tasks(engine, creds.app_id) == 0, 5), \
+        assert wait_until(lambda: count_tasks(engine, creds.app_id) == 0, 5), (
             "the deleted tasks stayed after their notices"
+        )
         assert len(hook.requests("/running", method="POST")) == 1
         assert hook.requests("/mine") == [], "a hook that had not started got a notice"
         assert listing(api)["tasks"] == []
@@ -77,7 +78,8 @@ def test_delete_all_removes_only_the_callers_tasks_and_interrupts_attempts(
 
 
 def test_retry_replays_failed_and_cancelled_tasks_keeping_history(
-        api: Api, hook: HookServer) -> None:
+    api: Api, hook: HookServer
+) -> None:
     failed = enqueue(api, hook.script("/f", {"status": 404}, {"status": 200}))
     assert api.wait_status(failed, *TERMINAL)["status"] == "FAILED"
 
@@ -90,8 +92,7 @@ def test_retry_replays_failed_and_cancelled_tasks_keeping_history(
     task = api.wait_status(failed, *TERMINAL)
     assert (task["status"], task["last_status_code"]) == ("COMPLETED", 200)
     history = api.get(f"/tasks/{failed}/attempts").json()["attempts"]
-    assert [(a["status_code"], a["outcome"]) for a in history] == [(404, "fail"),
-                                                                  (200, "complete")]
+    assert [(a["status_code"], a["outcome"]) for a in history] == [(404, "fail"), (200, "complete")]
     assert len(hook.requests("/f", method="POST")) == 2
 
     cancelled = enqueue(api, hook.script("/c"), delay=60, cancel_notice="always")

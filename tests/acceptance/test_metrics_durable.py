@@ -50,8 +50,11 @@ class Scraper:
         last: Samples = {}
         for number, sample in enumerate(self.scrapes):
             seen = counters(sample)
-            dropped = {name: (last[name], value) for name, value in seen.items()
-                       if value < last.get(name, 0)}
+            dropped = {
+                name: (last[name], value)
+                for name, value in seen.items()
+                if value < last.get(name, 0)
+            }
             assert not dropped, f"scrape {number}: counters went backwards: {dropped}"
             last = seen
 
@@ -68,8 +71,8 @@ def deliver(api: Api, url: str, count: int) -> None:
 
 
 def test_counters_never_drop_while_redis_is_down_or_after_it_loses_its_data(
-        private_api: Api, private_stack: Stack, private_redis: RedisServer,
-        hook: HookServer) -> None:
+    private_api: Api, private_stack: Stack, private_redis: RedisServer, hook: HookServer
+) -> None:
     private_stack.worker()
     private_stack.requeue()
     url = hook.script("/ok")
@@ -91,12 +94,16 @@ def test_counters_never_drop_while_redis_is_down_or_after_it_loses_its_data(
         after_flush = scrape(private_stack.url)
     scraper.assert_never_decreased()
     assert after_flush["ntq_redis_up"] == 1
-    assert (after_flush[ENQUEUED], after_flush[COMPLETED],
-            after_flush["ntq_attempt_duration_seconds_count"]) == (10, 10, 10)
+    assert (
+        after_flush[ENQUEUED],
+        after_flush[COMPLETED],
+        after_flush["ntq_attempt_duration_seconds_count"],
+    ) == (10, 10, 10)
 
 
 def test_counters_add_up_across_restarts_and_read_the_same_from_every_web(
-        api: Api, stack: Stack, scraper: Scraper, hook: HookServer) -> None:
+    api: Api, stack: Stack, scraper: Scraper, hook: HookServer
+) -> None:
     url = hook.script("/ok")
     worker = stack.worker()
     deliver(api, url, 3)
@@ -111,8 +118,11 @@ def test_counters_add_up_across_restarts_and_read_the_same_from_every_web(
     other = second_web(stack)
     first = wait_metrics(stack.url, lambda s: s[COMPLETED] == 9)
     assert counters(scrape(other)) == counters(first)
-    assert (first[ENQUEUED], first['ntq_attempts_total{outcome="complete"}'],
-            first["ntq_attempt_duration_seconds_count"]) == (9, 9, 9)
+    assert (
+        first[ENQUEUED],
+        first['ntq_attempts_total{outcome="complete"}'],
+        first["ntq_attempt_duration_seconds_count"],
+    ) == (9, 9, 9)
     scraper.assert_never_decreased()
 
 
@@ -125,8 +135,7 @@ def second_web(stack: Stack) -> str:
     return base
 
 
-def test_a_stopped_web_writes_what_it_counted(api: Api, stack: Stack,
-                                             hook: HookServer) -> None:
+def test_a_stopped_web_writes_what_it_counted(api: Api, stack: Stack, hook: HookServer) -> None:
     other = second_web(stack)
     enqueue(api, hook.script("/later"), delay=60)
     api.http.close()
@@ -134,12 +143,19 @@ def test_a_stopped_web_writes_what_it_counted(api: Api, stack: Stack,
     assert scrape(other)[ENQUEUED] == 1
 
 
-BIG = {"enqueued": 1_234_567_891, "attempts:complete": 1_000_001, "completed": 9_007_199_254,
-       "duration_bucket:0": 1_000_003, "duration_bucket:13": 2, "duration_sum_ms": 1_234_567_891}
+BIG = {
+    "enqueued": 1_234_567_891,
+    "attempts:complete": 1_000_001,
+    "completed": 9_007_199_254,
+    "duration_bucket:0": 1_000_003,
+    "duration_bucket:13": 2,
+    "duration_sum_ms": 1_234_567_891,
+}
 
 
 def test_large_counts_read_exactly_and_promtool_accepts_them(
-        api: Api, stack: Stack, engine: Engine) -> None:
+    api: Api, stack: Stack, engine: Engine
+) -> None:
     with engine.begin() as conn:
         counter_rows.write(conn, "elsewhere/1/a", BIG)
         counter_rows.write(conn, "elsewhere/2/b", {"enqueued": 9, "completed": 1})
@@ -157,17 +173,23 @@ def test_large_counts_read_exactly_and_promtool_accepts_them(
 
 def rows(engine: Engine) -> list[str]:
     with engine.begin() as conn:
-        return list(conn.execute(text("SELECT DISTINCT process FROM counters ORDER BY 1"))
-                    .scalars())
+        return list(
+            conn.execute(text("SELECT DISTINCT process FROM counters ORDER BY 1")).scalars()
+        )
 
 
 def test_the_requeue_poller_folds_quiet_processes_and_the_sums_stay(
-        api: Api, stack: Stack, engine: Engine, scraper: Scraper) -> None:
+    api: Api, stack: Stack, engine: Engine, scraper: Scraper
+) -> None:
     with engine.begin() as conn:
         for process in ("gone/1/a", "gone/2/b", "quiet/3/c", "busy/4/d"):
             counter_rows.write(conn, process, BIG)
-        conn.execute(text("UPDATE counters SET updated = now() - interval '1 hour' "
-                          "WHERE process <> 'busy/4/d'"))
+        conn.execute(
+            text(
+                "UPDATE counters SET updated = now() - interval '1 hour' "
+                "WHERE process <> 'busy/4/d'"
+            )
+        )
     before = scrape(stack.url)
     stack.requeue()
     eventually(lambda: rows(engine) == ["busy/4/d", counter_rows.FOLDED], 15, "rows folded")
@@ -176,5 +198,6 @@ def test_the_requeue_poller_folds_quiet_processes_and_the_sums_stay(
     after = scrape(stack.url)
     assert after[ENQUEUED] == before[ENQUEUED] + 1 == 4 * BIG["enqueued"] + 1
     assert {k: v for k, v in counters(after).items() if k != ENQUEUED} == {
-        k: v for k, v in counters(before).items() if k != ENQUEUED}
+        k: v for k, v in counters(before).items() if k != ENQUEUED
+    }
     scraper.assert_never_decreased()

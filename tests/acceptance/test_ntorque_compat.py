@@ -25,9 +25,15 @@ from tests.support.tasks import finished
 stack = module_stack(NTQ_NTORQUE_COMPAT="true")
 
 
-def ntorque_enqueue(torque_url: str, api_key: str, url: str, data: str | None = None,
-                    headers: dict[str, str] | None = None, method: str | None = None,
-                    timeout: int | None = None) -> requests.Response:
+def ntorque_enqueue(
+    torque_url: str,
+    api_key: str,
+    url: str,
+    data: str | None = None,
+    headers: dict[str, str] | None = None,
+    method: str | None = None,
+    timeout: int | None = None,
+) -> requests.Response:
     """``HTTPTorqueClient(DirectDispatcher(), torque_url, api_key)(url, data, ...)``."""
     headers = {**(headers or {}), "TORQUE_API_KEY": api_key, "NTORQUE_API_KEY": api_key}
     query: dict[str, Any] = {"url": url}
@@ -36,23 +42,30 @@ def ntorque_enqueue(torque_url: str, api_key: str, url: str, data: str | None = 
     if timeout is not None:
         query["timeout"] = timeout
     divider = "&" if "?" in torque_url else "?"
-    return requests.post(f"{torque_url}{divider}{urlencode(query)}", data=data,
-                         headers=headers, timeout=10)
+    return requests.post(
+        f"{torque_url}{divider}{urlencode(query)}", data=data, headers=headers, timeout=10
+    )
 
 
 def form_of(received: Received) -> dict[str, str]:
     """The delivery as a web framework's form parser (WebOb's) reads it."""
-    request = Request.blank(received.path, method=received.method, body=received.body,
-                            headers={"Content-Type": received.headers["Content-Type"]})
+    request = Request.blank(
+        received.path,
+        method=received.method,
+        body=received.body,
+        headers={"Content-Type": received.headers["Content-Type"]},
+    )
     return dict(request.POST)
 
 
 def test_an_ntorque_client_form_post_arrives_readable_by_a_form_parser(
-        app: tuple[Api, Credentials], stack: Stack, hook: HookServer) -> None:
+    app: tuple[Api, Credentials], stack: Stack, hook: HookServer
+) -> None:
     api, creds = app
     url = hook.script("/form")
-    response = ntorque_enqueue(stack.url + "/", creds.api_key, url,
-                               data=urlencode({"name": "café", "n": "1"}), timeout=30)
+    response = ntorque_enqueue(
+        stack.url + "/", creds.api_key, url, data=urlencode({"name": "café", "n": "1"}), timeout=30
+    )
     assert response.status_code == 201, response.text
     task_id = response.headers["Location"].rsplit("/", 1)[1]
     assert response.json()["id"] == task_id
@@ -68,7 +81,8 @@ def test_an_ntorque_client_form_post_arrives_readable_by_a_form_parser(
 
 
 def test_ntorque_retry_count_counts_the_attempts_before_this_one(
-        app: tuple[Api, Credentials], stack: Stack, hook: HookServer) -> None:
+    app: tuple[Api, Credentials], stack: Stack, hook: HookServer
+) -> None:
     _, creds = app
     url = hook.script("/flaky", {"status": 503}, {"status": 200})
     response = ntorque_enqueue(stack.url + "/", creds.api_key, url, data="x=1")
@@ -80,11 +94,17 @@ def test_ntorque_retry_count_counts_the_attempts_before_this_one(
 
 
 def test_a_body_sent_with_its_own_content_type_keeps_it(
-        app: tuple[Api, Credentials], stack: Stack, hook: HookServer) -> None:
+    app: tuple[Api, Credentials], stack: Stack, hook: HookServer
+) -> None:
     _, creds = app
     url = hook.script("/json")
-    response = ntorque_enqueue(stack.url + "/", creds.api_key, url, data='{"a": 1}',
-                               headers={"Content-Type": "application/json"})
+    response = ntorque_enqueue(
+        stack.url + "/",
+        creds.api_key,
+        url,
+        data='{"a": 1}',
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 201, response.text
 
     (received,) = hook.wait_for(1, "/json")

@@ -34,8 +34,9 @@ class Console:
     def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
         self.log = log
         with log.open("wb") as out:
-            self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -60,8 +61,9 @@ class Console:
 
 def run(argv: list[str], env: dict[str, str], cwd: Path) -> str:
     """Run a command to completion, asserting exit 0; its output."""
-    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, f"{argv} exited {done.returncode}:\n{done.stdout}{done.stderr}"
     return done.stdout
 
@@ -72,13 +74,13 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dependencies it declares, from the package index: no extra, no source checkout."""
     root = tmp_path_factory.mktemp("package")
     env = installed_env(dict(os.environ))
-    run([sys.executable, "-m", "build", "--outdir", str(root / "dist"), str(REPOSITORY)], env,
-        root)
+    run([sys.executable, "-m", "build", "--outdir", str(root / "dist"), str(REPOSITORY)], env, root)
     (wheel,) = (root / "dist").glob("ntq-*.whl")
     run([sys.executable, "-m", "venv", str(root / "venv")], env, root)
     run([str(root / "venv" / "bin" / "pip"), "install", str(wheel)], env, root)
-    imported = run([str(root / "venv" / "bin" / "python"), "-c", "import ntq; print(ntq.__file__)"],
-                   env, root)
+    imported = run(
+        [str(root / "venv" / "bin" / "python"), "-c", "import ntq; print(ntq.__file__)"], env, root
+    )
     assert "site-packages" in imported, imported
     return root / "venv"
 
@@ -104,13 +106,16 @@ def empty_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.timeout(300)
 def test_installed_serve_without_server_urls_names_the_embedded_extra(
-        venv: Path, empty_dir: Path) -> None:
+    venv: Path, empty_dir: Path
+) -> None:
     env = installed_env(stack_env("unused", "unused", PORT=str(free_port())))
     del env["DATABASE_URL"], env["REDIS_URL"]
-    serve = Console([str(venv / "bin" / "ntq"), "serve"], env, empty_dir,
-                    empty_dir.parent / "serve.log")
-    wait_until(lambda: serve.proc.poll() is not None or "serving on" in serve.text(), 120,
-               interval=0.2)
+    serve = Console(
+        [str(venv / "bin" / "ntq"), "serve"], env, empty_dir, empty_dir.parent / "serve.log"
+    )
+    wait_until(
+        lambda: serve.proc.poll() is not None or "serving on" in serve.text(), 120, interval=0.2
+    )
     if serve.proc.poll() is None:
         serve.interrupt()
         pytest.fail(f"ntq serve ran without DATABASE_URL and REDIS_URL:\n{serve.text()}")
@@ -120,8 +125,8 @@ def test_installed_serve_without_server_urls_names_the_embedded_extra(
 
 @pytest.mark.timeout(300)
 def test_installed_wheel_migrates_serves_and_delivers_from_an_empty_directory(
-        venv: Path, empty_dir: Path, fresh_url: str, redis_url: str,
-        hook: HookServer) -> None:
+    venv: Path, empty_dir: Path, fresh_url: str, redis_url: str, hook: HookServer
+) -> None:
     port = free_port()
     env = installed_env(stack_env(fresh_url, redis_url, PORT=str(port)))
     run([str(venv / "bin" / "ntq"), "migrate"], env, empty_dir)
@@ -130,14 +135,19 @@ def test_installed_wheel_migrates_serves_and_delivers_from_an_empty_directory(
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
 
-    serve = Console([str(venv / "bin" / "ntq"), "serve"], env, empty_dir,
-                    empty_dir.parent / "serve.log")
+    serve = Console(
+        [str(venv / "bin" / "ntq"), "serve"], env, empty_dir, empty_dir.parent / "serve.log"
+    )
     try:
         key = serve.read_until(r"API key \(shown only once\): (ntq_\S+)").group(1)
         serve.read_until(rf"serving on http://127.0.0.1:{port}/")
-        created = requests.post(f"http://127.0.0.1:{port}/",
-                                params={"url": hook.script("/package")}, data=b"from a wheel",
-                                headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        created = requests.post(
+            f"http://127.0.0.1:{port}/",
+            params={"url": hook.script("/package")},
+            data=b"from a wheel",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
         assert created.status_code == 201, created.text
         reference = requests.get(f"http://127.0.0.1:{port}/docs", timeout=10)
         assert reference.status_code == 200, reference.text
@@ -151,30 +161,40 @@ def test_installed_wheel_migrates_serves_and_delivers_from_an_empty_directory(
 
 @pytest.mark.timeout(300)
 def test_procfile_under_honcho_delivers_and_stops_every_process(
-        venv: Path, empty_dir: Path, fresh_url: str, redis_url: str,
-        hook: HookServer) -> None:
+    venv: Path, empty_dir: Path, fresh_url: str, redis_url: str, hook: HookServer
+) -> None:
     port = free_port()
-    env = installed_env(stack_env(fresh_url, redis_url,
-                                  PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"))
+    env = installed_env(
+        stack_env(fresh_url, redis_url, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    )
     honcho = [sys.executable, "-m", "honcho", "-f", str(REPOSITORY / "Procfile")]
     # README, Deploying: migrations first (honcho would stop everything when `release`
     # exits), then the long-running processes.
     run([*honcho, "run", "ntq", "migrate"], env, empty_dir)
-    created_app = run([str(venv / "bin" / "ntq"), "apps", "create", "procfile", "--json"], env,
-                      empty_dir)
+    created_app = run(
+        [str(venv / "bin" / "ntq"), "apps", "create", "procfile", "--json"], env, empty_dir
+    )
     api_key = json.loads(created_app.strip().splitlines()[-1])["api_key"]
 
-    started = Console([*honcho, "start", "-p", str(port), "web", "worker", "requeue"], env,
-                      empty_dir, empty_dir.parent / "honcho.log")
+    started = Console(
+        [*honcho, "start", "-p", str(port), "web", "worker", "requeue"],
+        env,
+        empty_dir,
+        empty_dir.parent / "honcho.log",
+    )
     try:
         started.read_until(r"worker\.start")
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while not _answers(base + "/healthz") and time.monotonic() < deadline:
             time.sleep(0.1)
-        created = requests.post(base + "/", params={"url": hook.script("/procfile")},
-                                data=b"from the Procfile",
-                                headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+        created = requests.post(
+            base + "/",
+            params={"url": hook.script("/procfile")},
+            data=b"from the Procfile",
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=10,
+        )
         assert created.status_code == 201, created.text
         (received,) = hook.wait_for(1, "/procfile", timeout=30)
         assert received.body == b"from the Procfile"
@@ -197,5 +217,9 @@ def _answers(url: str) -> bool:
 
 def _listening() -> set[tuple[str, int]]:
     """The (address, port) of every listening TCP socket on this machine."""
-    return {(conn.laddr.ip, conn.laddr.port) for conn in psutil.net_connections("tcp")
-            if conn.status == psutil.CONN_LISTEN}
+    return {
+        (conn.laddr.ip, conn.laddr.port)
+        for conn in psutil.net_connections("tcp")
+        # laddr is () only for a Unix socket without a name: never a TCP one.
+        if conn.status == psutil.CONN_LISTEN and conn.laddr
+    }

@@ -57,18 +57,26 @@ class Faulty:
     def terminate_ntq_sessions(self) -> int:
         """``pg_terminate_backend`` every session of ntq's processes; how many there were."""
         with self.admin.connect() as conn:
-            return len(conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'ntq' AND datname = :db"),
-                {"db": self.database}).all())
+            return len(
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'ntq' AND datname = :db"
+                    ),
+                    {"db": self.database},
+                ).all()
+            )
 
     def set_read_only(self, on: bool) -> None:
         """New sessions of ntq's database are read-only (or writable again); existing
         sessions keep what they had."""
         value = "on" if on else "off"
         with self.admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{self.database}" '
-                              f"SET default_transaction_read_only = {value}"))
+            conn.execute(
+                text(
+                    f'ALTER DATABASE "{self.database}" SET default_transaction_read_only = {value}'
+                )
+            )
 
 
 def _test_engine(url: str, database: str | None = None) -> Engine:
@@ -77,8 +85,12 @@ def _test_engine(url: str, database: str | None = None) -> Engine:
     parsed = make_url(normalize_url(url))
     if database:
         parsed = parsed.set(database=database)
-    return create_engine(parsed, isolation_level="AUTOCOMMIT", pool_pre_ping=True,
-                         connect_args={"application_name": "ntq-test"})
+    return create_engine(
+        parsed,
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=True,
+        connect_args={"application_name": "ntq-test"},
+    )
 
 
 @pytest.fixture
@@ -92,9 +104,17 @@ def faulty(tmp_path: Path, private_redis: RedisServer, hook: HookServer) -> Iter
         try:
             web = stack.spawn("web", "--port", str(stack.port), "--workers", "2")
             wait_http(stack.url + "/healthz", web)
-            yield Faulty(pg, stack, creds, hook, hook.script("/hook"),
-                         stack.worker("--concurrency", "10"), stack.requeue(),
-                         engine, admin)
+            yield Faulty(
+                pg,
+                stack,
+                creds,
+                hook,
+                hook.script("/hook"),
+                stack.worker("--concurrency", "10"),
+                stack.requeue(),
+                engine,
+                admin,
+            )
         finally:
             stack.stop()
             engine.dispose()
@@ -102,6 +122,7 @@ def faulty(tmp_path: Path, private_redis: RedisServer, hook: HookServer) -> Iter
 
 
 # --- every kind of request, from concurrent clients --------------------------------------
+
 
 @dataclass
 class Answer:
@@ -125,10 +146,10 @@ def every_kind(api: Api, url: str, cancel_id: str) -> list[Answer]:
     keys = [uuid.uuid4().hex for _ in range(3)]
     requests_by_kind: dict[str, Callable[[], requests.Response]] = {
         "enqueue": lambda: api.enqueue(url, b"x", "text/plain"),
-        "batch": lambda: api.post("/tasks", json=[{"url": url, "body": str(i)}
-                                                  for i in range(3)]),
-        "batch_keys": lambda: api.post("/tasks", json=[
-            {"url": url, "body": key, "idempotency_key": key} for key in keys]),
+        "batch": lambda: api.post("/tasks", json=[{"url": url, "body": str(i)} for i in range(3)]),
+        "batch_keys": lambda: api.post(
+            "/tasks", json=[{"url": url, "body": key, "idempotency_key": key} for key in keys]
+        ),
         "get": lambda: api.get(f"/tasks/{cancel_id}"),
         "list": lambda: api.get("/tasks", params={"limit": 5}),
         "cancel": lambda: api.delete(f"/tasks/{cancel_id}"),
@@ -138,8 +159,16 @@ def every_kind(api: Api, url: str, cancel_id: str) -> list[Answer]:
     return [_answer(kind, send()) for kind, send in requests_by_kind.items()]
 
 
-EXPECTED = {"enqueue": 201, "batch": 201, "batch_keys": 201, "get": 200, "list": 200,
-            "cancel": 204, "describe": 200, "readyz": 200}
+EXPECTED = {
+    "enqueue": 201,
+    "batch": 201,
+    "batch_keys": 201,
+    "get": 200,
+    "list": 200,
+    "cancel": 204,
+    "describe": 200,
+    "readyz": 200,
+}
 
 
 class Clients:
@@ -166,9 +195,10 @@ class Clients:
 
     def round(self) -> list[Answer]:
         """Every client sends every kind of request at once."""
+
         def client(number: int) -> list[Answer]:
-            return every_kind(self.apis[number], self.faulty.url,
-                              self.to_cancel[number].pop())
+            return every_kind(self.apis[number], self.faulty.url, self.to_cancel[number].pop())
+
         return [a for answers in self.pool.map(client, range(CLIENTS)) for a in answers]
 
 
@@ -198,11 +228,14 @@ def enqueued_ids(answers: list[Answer]) -> set[str]:
 def assert_delivered(faulty: Faulty, ids: set[str], timeout: float = 30) -> None:
     def missing() -> set[str]:
         return ids - {r.headers["NTQ-Task-Id"] for r in faulty.hook.requests("/hook")}
-    assert wait_until(lambda: not missing(), timeout), \
+
+    assert wait_until(lambda: not missing(), timeout), (
         f"{len(missing())} of {len(ids)} tasks not delivered"
+    )
 
 
 # --- 7. dropped connections ------------------------------------------------------------
+
 
 def _terminate(faulty: Faulty) -> None:
     assert faulty.terminate_ntq_sessions() >= 2 * 2 + 1, "the pools were not warm"
@@ -215,7 +248,8 @@ def _restart(faulty: Faulty) -> None:
 
 @pytest.mark.parametrize("fault", [_terminate, _restart], ids=["terminated", "restarted"])
 def test_dropped_connections_fail_no_request_once_postgres_answers(
-        faulty: Faulty, clients: Clients, fault: Callable[[Faulty], None]) -> None:
+    faulty: Faulty, clients: Clients, fault: Callable[[Faulty], None]
+) -> None:
     warm = clients.round() + clients.round()
     assert not unexpected(warm), unexpected(warm)
 
@@ -229,30 +263,37 @@ def test_dropped_connections_fail_no_request_once_postgres_answers(
     assert_delivered(faulty, enqueued_ids(warm + after))
     # Once PostgreSQL answered, the worker and the poller went on by themselves, on fresh
     # connections, without a failed round.
-    for proc, failure in ((faulty.worker, "worker.dispatch_failed"),
-                          (faulty.requeue, "requeue.round_failed")):
-        since = proc.output()[logged[proc]:]
+    for proc, failure in (
+        (faulty.worker, "worker.dispatch_failed"),
+        (faulty.requeue, "requeue.round_failed"),
+    ):
+        since = proc.output()[logged[proc] :]
         assert failure not in since, since[-2000:]
 
 
 # --- 8. a database that turns read-only -----------------------------------------------
 
+
 def test_read_only_database_answers_503_then_everything_recovers_by_itself(
-        faulty: Faulty, clients: Clients) -> None:
+    faulty: Faulty, clients: Clients
+) -> None:
     warm = clients.round()
     assert not unexpected(warm), unexpected(warm)
     api = clients.apis[0]
     # Due while the database is read-only: delivered once it is writable again.
-    before = {api.enqueue(faulty.url, b"before", "text/plain", delay=1).json()["id"]
-              for _ in range(5)}
+    before = {
+        api.enqueue(faulty.url, b"before", "text/plain", delay=1).json()["id"] for _ in range(5)
+    }
 
     faulty.set_read_only(True)
     faulty.terminate_ntq_sessions()  # they reconnect to a read-only database
     refused_until = time.monotonic() + 3
     while time.monotonic() < refused_until:
-        for response in (api.enqueue(faulty.url, b"x", "text/plain"),
-                         api.post("/tasks", json=[{"url": faulty.url}] * 2),
-                         api.delete(f"/tasks/{clients.to_cancel[0][-1]}")):
+        for response in (
+            api.enqueue(faulty.url, b"x", "text/plain"),
+            api.post("/tasks", json=[{"url": faulty.url}] * 2),
+            api.delete(f"/tasks/{clients.to_cancel[0][-1]}"),
+        ):
             assert response.status_code == 503, response.text
             assert response.json()["error"]["code"] == "database_read_only", response.text
             assert int(response.headers["Retry-After"]) > 0
@@ -271,8 +312,10 @@ def test_read_only_database_answers_503_then_everything_recovers_by_itself(
 
 # --- 9. deadlocks -------------------------------------------------------------------------
 
+
 def test_concurrent_batches_sharing_idempotency_keys_never_deadlock(
-        api: Api, creds: Credentials, engine: Engine, hook: HookServer) -> None:
+    api: Api, creds: Credentials, engine: Engine, hook: HookServer
+) -> None:
     url = hook.script("/hook")
     keys = [f"key-{i}" for i in range(30)]
     deadlocks_before = _deadlocks(engine)
@@ -283,8 +326,10 @@ def test_concurrent_batches_sharing_idempotency_keys_never_deadlock(
         shuffled = random.Random(seed)
         mine = Api(api.base, creds.api_key)
         for _ in range(6):
-            batch = [{"url": url, "body": key, "idempotency_key": key}
-                     for key in shuffled.sample(keys, 20)]
+            batch = [
+                {"url": url, "body": key, "idempotency_key": key}
+                for key in shuffled.sample(keys, 20)
+            ]
             response = mine.post("/tasks", json=batch, timeout=30)
             with lock:
                 answers.append((response.status_code, response.json()))
@@ -293,17 +338,26 @@ def test_concurrent_batches_sharing_idempotency_keys_never_deadlock(
     with ThreadPoolExecutor(CLIENTS) as pool:
         list(pool.map(client, range(CLIENTS)))
 
-    assert {status for status, _ in answers} <= {200, 201}, \
-        [body for status, body in answers if status not in (200, 201)][:3]
+    assert {status for status, _ in answers} <= {200, 201}, [
+        body for status, body in answers if status not in (200, 201)
+    ][:3]
     ids_by_key: dict[str, set[str]] = {}
     for _, body in answers:
         for task in body["tasks"]:
             ids_by_key.setdefault(task["idempotency_key"], set()).add(task["id"])
     assert all(len(ids) == 1 for ids in ids_by_key.values()), ids_by_key
     with engine.connect() as conn:
-        stored = dict(conn.execute(text(
-            "SELECT idempotency_key, count(*) FROM tasks WHERE app_id = :app "
-            "GROUP BY idempotency_key"), {"app": creds.app_id}).tuples().all())
+        stored: dict[str, int] = dict(
+            conn.execute(
+                text(
+                    "SELECT idempotency_key, count(*) FROM tasks WHERE app_id = :app "
+                    "GROUP BY idempotency_key"
+                ),
+                {"app": creds.app_id},
+            )
+            .tuples()
+            .all()
+        )
     assert stored == dict.fromkeys(ids_by_key, 1)
     assert _deadlocks(engine) == deadlocks_before, "PostgreSQL detected a deadlock"
 
@@ -314,6 +368,8 @@ def _deadlocks(engine: Engine) -> int:
     time.sleep(1.5)
     with engine.connect() as conn:
         conn.execute(text("SELECT pg_stat_clear_snapshot()"))
-        return int(conn.execute(text(
-            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-        )).scalar_one())
+        return int(
+            conn.execute(
+                text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            ).scalar_one()
+        )

@@ -26,8 +26,8 @@ Verify = Callable[[str, bytes, dict[str, str]], None]
 def readme_examples() -> dict[str, Any]:
     """What the Python blocks of the README's "What your webhook receives" define."""
     text = README.read_text()
-    section = text[text.index("## What your webhook receives"):]
-    section = section[:section.index("\n## ", 1)]
+    section = text[text.index("## What your webhook receives") :]
+    section = section[: section.index("\n## ", 1)]
     namespace: dict[str, Any] = {}
     for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL):
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102  (our own README)
@@ -68,7 +68,8 @@ def cancel_notice(api: Api, hook: HookServer) -> Received:
 
 @pytest.mark.parametrize("kind", ["empty", "text", "json"])
 def test_both_examples_verify_text_deliveries(
-        app: tuple[Api, Credentials], hook: HookServer, kind: str) -> None:
+    app: tuple[Api, Credentials], hook: HookServer, kind: str
+) -> None:
     api, creds = app
     received = delivered(api, hook, kind)
     verify(creds.signing_secret, received.body, received.headers)
@@ -76,7 +77,8 @@ def test_both_examples_verify_text_deliveries(
 
 
 def test_both_examples_verify_the_cancel_notice(
-        app: tuple[Api, Credentials], hook: HookServer) -> None:
+    app: tuple[Api, Credentials], hook: HookServer
+) -> None:
     api, creds = app
     notice = cancel_notice(api, hook)
     assert notice.body == b""
@@ -85,7 +87,8 @@ def test_both_examples_verify_the_cancel_notice(
 
 
 def test_only_the_raw_bytes_example_verifies_a_binary_body(
-        app: tuple[Api, Credentials], hook: HookServer) -> None:
+    app: tuple[Api, Credentials], hook: HookServer
+) -> None:
     """What the README says plainly: the library decodes the body as UTF-8 first."""
     api, creds = app
     received = delivered(api, hook, "binary")
@@ -95,7 +98,8 @@ def test_only_the_raw_bytes_example_verifies_a_binary_body(
 
 
 def test_both_examples_refuse_forged_and_stale_messages(
-        app: tuple[Api, Credentials], hook: HookServer) -> None:
+    app: tuple[Api, Credentials], hook: HookServer
+) -> None:
     api, creds = app
     received = delivered(api, hook, "json")
     other_secret = "whsec_" + base64.b64encode(b"k" * 32).decode()

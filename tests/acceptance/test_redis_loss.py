@@ -24,8 +24,9 @@ def enqueue(api: Api, url: str, count: int, **params: Any) -> list[str]:
     return ids
 
 
-def assert_all_delivered_once(hook: HookServer, path: str, ids: list[str], engine: Engine,
-                              stack: Stack) -> None:
+def assert_all_delivered_once(
+    hook: HookServer, path: str, ids: list[str], engine: Engine, stack: Stack
+) -> None:
     hook.wait_for(len(ids), path, timeout=30)
     deadline = time.monotonic() + 15
     while statuses(engine).get("COMPLETED", 0) < len(ids) and time.monotonic() < deadline:
@@ -38,8 +39,12 @@ def assert_all_delivered_once(hook: HookServer, path: str, ids: list[str], engin
 
 
 def test_flushed_redis_loses_no_task(
-        private_api: Api, private_stack: Stack, hook: HookServer,
-        private_redis: RedisServer, engine: Engine) -> None:
+    private_api: Api,
+    private_stack: Stack,
+    hook: HookServer,
+    private_redis: RedisServer,
+    engine: Engine,
+) -> None:
     url = hook.script("/flushed")
     ids = enqueue(private_api, url, 40)  # no worker yet: every hint waits in Redis
     ids += enqueue(private_api, url, 5, delay=0.5)  # and these wait in its schedule
@@ -54,8 +59,12 @@ def test_flushed_redis_loses_no_task(
 
 
 def test_enqueue_survives_a_stopped_redis_and_delivery_resumes(
-        private_api: Api, private_stack: Stack, hook: HookServer, private_redis: RedisServer,
-        engine: Engine) -> None:
+    private_api: Api,
+    private_stack: Stack,
+    hook: HookServer,
+    private_redis: RedisServer,
+    engine: Engine,
+) -> None:
     worker = private_stack.worker()
     requeue = private_stack.requeue()
     url = hook.script("/outage")
@@ -74,12 +83,11 @@ def test_enqueue_survives_a_stopped_redis_and_delivery_resumes(
 
 
 def test_a_scheduled_retry_survives_a_flush(
-        private_api: Api, private_stack: Stack, hook: HookServer,
-        private_redis: RedisServer) -> None:
+    private_api: Api, private_stack: Stack, hook: HookServer, private_redis: RedisServer
+) -> None:
     private_stack.worker()
     private_stack.requeue()
-    url = hook.script("/again", {"status": 503, "headers": {"Retry-After": "2"}},
-                      {"status": 200})
+    url = hook.script("/again", {"status": 503, "headers": {"Retry-After": "2"}}, {"status": 200})
     (task_id,) = enqueue(private_api, url, 1)
     hook.wait_for(1, "/again", timeout=15)
     deadline = time.monotonic() + 5

@@ -29,9 +29,11 @@ def links(response: requests.Response) -> dict[str, str]:
 
 
 def test_wait_returns_as_soon_as_the_task_completes_with_the_hooks_body(
-        api: Api, hook: HookServer) -> None:
-    url = hook.script("/slow", {"sleep": 1, "status": 201, "body": "answer: 42 ✓",
-                                "headers": {"X-Reply": "yes"}})
+    api: Api, hook: HookServer
+) -> None:
+    url = hook.script(
+        "/slow", {"sleep": 1, "status": 201, "body": "answer: 42 ✓", "headers": {"X-Reply": "yes"}}
+    )
     task_id = enqueue(api, url)
 
     started = time.monotonic()
@@ -62,7 +64,8 @@ def test_wait_returns_as_soon_as_the_task_completes_with_the_hooks_body(
 
 
 def test_binary_bodies_come_back_as_base64_and_large_ones_truncated(
-        api: Api, hook: HookServer) -> None:
+    api: Api, hook: HookServer
+) -> None:
     binary = enqueue(api, hook.script("/bin", {"body": BINARY}))
     large = enqueue(api, hook.script("/large", {"body": b"x" * 70000}))
     for task_id in (binary, large):
@@ -79,8 +82,12 @@ def test_binary_bodies_come_back_as_base64_and_large_ones_truncated(
 
 
 def test_attempts_are_listed_oldest_first_and_linked(api: Api, hook: HookServer) -> None:
-    url = hook.script("/flaky", {"status": 500, "body": "first"},
-                      {"status": 503, "body": "second"}, {"status": 200, "body": "third"})
+    url = hook.script(
+        "/flaky",
+        {"status": 500, "body": "first"},
+        {"status": 503, "body": "second"},
+        {"status": 200, "body": "third"},
+    )
     task_id = enqueue(api, url)
     assert api.wait_status(task_id, *TERMINAL)["status"] == "COMPLETED"
 
@@ -109,8 +116,12 @@ def test_attempts_are_listed_oldest_first_and_linked(api: Api, hook: HookServer)
 
 
 def test_forgetting_responses(api: Api, hook: HookServer) -> None:
-    task_id = enqueue(api, hook.script("/secret", {"status": 500, "body": "token=abc"},
-                                       {"status": 200, "body": "token=xyz"}))
+    task_id = enqueue(
+        api,
+        hook.script(
+            "/secret", {"status": 500, "body": "token=abc"}, {"status": 200, "body": "token=xyz"}
+        ),
+    )
     assert api.wait_status(task_id, *TERMINAL)["status"] == "COMPLETED"
     assert api.get(f"/tasks/{task_id}/response").json()["body"] == "token=xyz"
 

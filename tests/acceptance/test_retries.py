@@ -23,7 +23,8 @@ def quiet_period(seconds: float = 1.2) -> None:
 
 
 def test_two_500s_then_200_completes_on_the_third_attempt_after_backoff(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     stack.worker()
     url = hook.script("/flaky", {"status": 500}, {"status": 500}, {"status": 200})
     task_id = enqueue(api, url)
@@ -45,14 +46,21 @@ def test_any_2xx_completes_at_once(api: Api, stack: Stack, hook: HookServer) -> 
     """nTorque counted 202 and 204 as failures and retried them."""
     stack.worker()
     codes = [200, 201, 202, 204]
-    ids = {code: enqueue(api, hook.script(f"/ok{code}", {
-        "status": code, "body": b"" if code == 204 else b"ok"})) for code in codes}
+    ids = {
+        code: enqueue(
+            api, hook.script(f"/ok{code}", {"status": code, "body": b"" if code == 204 else b"ok"})
+        )
+        for code in codes
+    }
 
     tasks = {code: finished(api, task_id) for code, task_id in ids.items()}
     quiet_period()
     for code, task in tasks.items():
         assert (task["status"], task["retry_count"], task["last_status_code"]) == (
-            "COMPLETED", 1, code), (code, task)
+            "COMPLETED",
+            1,
+            code,
+        ), (code, task)
         assert len(hook.requests(f"/ok{code}")) == 1, f"{code} was attempted again"
 
 
@@ -61,8 +69,10 @@ def test_permanent_errors_fail_at_once(api: Api, stack: Stack, hook: HookServer)
     large the retry budget."""
     stack.worker()
     codes = [400, 401, 403, 404, 405, 409, 410, 422]
-    ids = {code: enqueue(api, hook.script(f"/e{code}", {"status": code}), max_retries=50)
-           for code in codes}
+    ids = {
+        code: enqueue(api, hook.script(f"/e{code}", {"status": code}), max_retries=50)
+        for code in codes
+    }
 
     tasks = {code: finished(api, task_id) for code, task_id in ids.items()}
     quiet_period()
@@ -78,8 +88,10 @@ def test_transient_errors_are_retried(api: Api, stack: Stack, hook: HookServer) 
     """408, 423, 425, 429, 449 and any 5xx: retried, then the 200 completes the task."""
     stack.worker()
     codes = [408, 423, 425, 429, 449, 500, 502, 503, 504]
-    ids = {code: enqueue(api, hook.script(f"/t{code}", {"status": code}, {"status": 200}))
-           for code in codes}
+    ids = {
+        code: enqueue(api, hook.script(f"/t{code}", {"status": code}, {"status": 200}))
+        for code in codes
+    }
 
     for code, task_id in ids.items():
         task = finished(api, task_id)
@@ -88,14 +100,14 @@ def test_transient_errors_are_retried(api: Api, stack: Stack, hook: HookServer) 
 
 
 def test_retry_after_sets_the_next_attempt_time_up_to_the_maximum_delay(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     stack.worker(NTQ_MAX_DUE_DELAY="3")
-    busy = hook.script("/busy", {"status": 429, "headers": {"Retry-After": "2"}},
-                       {"status": 200})
-    down = hook.script("/down", {"status": 503, "headers": {"Retry-After": "1"}},
-                       {"status": 200})
-    later = hook.script("/later", {"status": 503, "headers": {"Retry-After": "3600"}},
-                        {"status": 200})
+    busy = hook.script("/busy", {"status": 429, "headers": {"Retry-After": "2"}}, {"status": 200})
+    down = hook.script("/down", {"status": 503, "headers": {"Retry-After": "1"}}, {"status": 200})
+    later = hook.script(
+        "/later", {"status": 503, "headers": {"Retry-After": "3600"}}, {"status": 200}
+    )
     ids = [enqueue(api, busy), enqueue(api, down), enqueue(api, later)]
 
     assert [finished(api, task_id)["status"] for task_id in ids] == ["COMPLETED"] * 3
@@ -106,11 +118,13 @@ def test_retry_after_sets_the_next_attempt_time_up_to_the_maximum_delay(
     assert down_gap >= 0.9, f"503 with Retry-After: 1 was retried after {down_gap:.2f} s"
     # Honoured up to the cap: about 3 s, not the 0.2 s backoff, not an hour.
     assert 2.7 <= later_gap < 10, (
-        f"Retry-After: 3600 with NTQ_MAX_DUE_DELAY=3 waited {later_gap:.1f} s")
+        f"Retry-After: 3600 with NTQ_MAX_DUE_DELAY=3 waited {later_gap:.1f} s"
+    )
 
 
 def test_hook_slower_than_the_timeout_is_cut_off_and_retried(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     stack.worker()
     slow = hook.script("/slow", {"sleep": 3, "status": 200}, {"status": 200})
     stuck = hook.script("/stuck", {"sleep": 4, "status": 200})
@@ -132,7 +146,8 @@ def test_hook_slower_than_the_timeout_is_cut_off_and_retried(
 
 
 def test_hook_slower_than_the_backoff_is_delivered_exactly_once(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     """nTorque delivered a 15-second hook three times: acquiring did not push ``due`` past
     the attempt, so the requeue poller handed the running task out again."""
     stack.worker()
@@ -148,19 +163,23 @@ def test_hook_slower_than_the_backoff_is_delivered_exactly_once(
     assert delivered == sorted(ids), "a slow task was delivered more than once"
 
 
-def test_a_trickling_hook_is_cut_off_at_the_task_timeout(api: Api, stack: Stack,
-                                                        hook: HookServer) -> None:
+def test_a_trickling_hook_is_cut_off_at_the_task_timeout(
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     """Per-read socket timeouts never fire on a hook that sends a byte every 0.5 s, in its
     body or already in its status line; the task's timeout bounds the whole attempt."""
     trickle = {"trickle": 0.5, "headers": {"Content-Type": "text/plain"}, "body": b"x" * 1000}
-    urls = {"body": hook.script("/trickle-body", trickle),
-            "head": hook.script("/trickle-head", {**trickle, "trickle_head": True})}
+    urls = {
+        "body": hook.script("/trickle-body", trickle),
+        "head": hook.script("/trickle-head", {**trickle, "trickle_head": True}),
+    }
     stack.worker()
     ids = {part: enqueue(api, url, timeout=2, max_retries=0) for part, url in urls.items()}
     tasks = {part: finished(api, task_id, timeout=20) for part, task_id in ids.items()}
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not all(
-            r.hung_up for part in urls for r in hook.requests(f"/trickle-{part}")):
+        r.hung_up for part in urls for r in hook.requests(f"/trickle-{part}")
+    ):
         time.sleep(0.05)
     for part in urls:
         task = tasks[part]
@@ -172,8 +191,9 @@ def test_a_trickling_hook_is_cut_off_at_the_task_timeout(api: Api, stack: Stack,
         assert 1.5 <= held <= 2 + 4, f"{part}: timeout 2 s held the connection {held:.1f} s"
 
 
-def test_out_of_retries_fails_and_keeps_the_last_error(api: Api, stack: Stack,
-                                                       hook: HookServer) -> None:
+def test_out_of_retries_fails_and_keeps_the_last_error(
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     stack.worker()
     broken = hook.script("/broken", {"status": 500, "body": b"boom"})
     broken_id = enqueue(api, broken, max_retries=1)

@@ -26,7 +26,8 @@ api = app_api  # each test has applications of its own
 
 
 def test_delayed_tasks_are_not_attempted_early_and_then_promptly(
-        api: Api, hook: HookServer) -> None:
+    api: Api, hook: HookServer
+) -> None:
     sent = time.time()
     target = round(sent + 3, 3)  # exact in both forms below
     iso = datetime.fromtimestamp(target, UTC).isoformat().replace("+00:00", "Z")
@@ -48,9 +49,13 @@ def test_not_before_in_the_past_is_due_at_once(api: Api, hook: HookServer) -> No
     enqueue(api, hook.script("/past"), not_before=f"{sent - 3600:.0f}")
     (received,) = hook.wait_for(1, "/past", timeout=10)
     assert received.at - sent < 3
-    for bad in ({"delay": "-1"}, {"delay": "soon"}, {"not_before": "tomorrow"},
-                {"delay": "1", "not_before": f"{sent:.0f}"}):
-        response = api.enqueue(hook.url + "/bad", b"", **bad)
+    for bad in (
+        {"delay": "-1"},
+        {"delay": "soon"},
+        {"not_before": "tomorrow"},
+        {"delay": "1", "not_before": f"{sent:.0f}"},
+    ):
+        response = api.enqueue(hook.url + "/bad", b"", headers=None, **bad)
         assert response.status_code == 400, (bad, response.text)
 
 
@@ -67,17 +72,16 @@ def test_per_task_max_retries(api: Api, hook: HookServer) -> None:
         time.sleep(0.8)  # several backoff delays: a wrong extra attempt would show
         received = hook.requests(path)
         assert len(received) == count, f"{path}: {len(received)} attempts"
-        assert {r.headers["NTQ-Task-Retry-Limit"] for r in received} == {
-            str(count - 1)}
+        assert {r.headers["NTQ-Task-Retry-Limit"] for r in received} == {str(count - 1)}
 
 
 def test_per_task_backoff_linear_and_exponential(api: Api, hook: HookServer) -> None:
     """min delay 0.2 s: linear waits 0.2, 0.4, 0.6, 0.8 s; exponential 0.2, 0.4, 0.8,
     1.6 s (each +/- 10 %)."""
-    linear = enqueue(api, hook.script("/linear", {"status": 500}), max_retries=4,
-                     backoff="linear")
-    exponential = enqueue(api, hook.script("/exp", {"status": 500}), max_retries=4,
-                          backoff="exponential")
+    linear = enqueue(api, hook.script("/linear", {"status": 500}), max_retries=4, backoff="linear")
+    exponential = enqueue(
+        api, hook.script("/exp", {"status": 500}), max_retries=4, backoff="exponential"
+    )
     assert api.task(linear)["backoff"] == "linear"
     for task_id in (linear, exponential):
         assert api.wait_status(task_id, *TERMINAL, timeout=20)["status"] == "FAILED"
@@ -94,8 +98,8 @@ def test_per_task_backoff_linear_and_exponential(api: Api, hook: HookServer) -> 
 
 
 def test_concurrent_duplicates_with_one_idempotency_key_make_one_task(
-        app: tuple[Api, Credentials], stack: Stack, engine: Engine,
-        hook: HookServer) -> None:
+    app: tuple[Api, Credentials], stack: Stack, engine: Engine, hook: HookServer
+) -> None:
     api, creds = app
     url = hook.script("/once")
     key = f"order-{uuid.uuid4()}"
@@ -104,10 +108,19 @@ def test_concurrent_duplicates_with_one_idempotency_key_make_one_task(
 
     def post() -> None:
         barrier.wait()
-        results.append(requests.post(
-            f"{stack.url}/", params={"url": url}, data=b"x", timeout=30,
-            headers={"Authorization": f"Bearer {creds.api_key}", "Idempotency-Key": key,
-                     "Content-Type": "text/plain"}))
+        results.append(
+            requests.post(
+                f"{stack.url}/",
+                params={"url": url},
+                data=b"x",
+                timeout=30,
+                headers={
+                    "Authorization": f"Bearer {creds.api_key}",
+                    "Idempotency-Key": key,
+                    "Content-Type": "text/plain",
+                },
+            )
+        )
 
     threads = [threading.Thread(target=post) for _ in range(50)]
     for thread in threads:
@@ -120,8 +133,9 @@ def test_concurrent_duplicates_with_one_idempotency_key_make_one_task(
     assert len({r.headers["Location"] for r in results}) == 1
     assert len({r.json()["id"] for r in results}) == 1
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT count(*) FROM tasks WHERE idempotency_key = :k"),
-                            {"k": key}).scalar_one()
+        rows = conn.execute(
+            text("SELECT count(*) FROM tasks WHERE idempotency_key = :k"), {"k": key}
+        ).scalar_one()
     assert rows == 1
     hook.wait_for(1, "/once")
     time.sleep(0.8)
@@ -141,6 +155,7 @@ def test_concurrent_duplicates_with_one_idempotency_key_make_one_task(
     fresh = api.enqueue(url, b"x", headers={"Idempotency-Key": key + "-2"})
     assert fresh.status_code == 201
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT count(*) FROM tasks WHERE idempotency_key = :k"),
-                            {"k": key}).scalar_one()
+        rows = conn.execute(
+            text("SELECT count(*) FROM tasks WHERE idempotency_key = :k"), {"k": key}
+        ).scalar_one()
     assert rows == 2

@@ -41,13 +41,25 @@ class Serve:
         self.terminal: int | None = None
         if terminal:
             self.terminal, tty = pty.openpty()
-            self.proc = subprocess.Popen(argv, env=env, stdin=tty, stdout=tty, stderr=tty,
-                                         start_new_session=True, preexec_fn=_take_terminal)
+            self.proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=tty,
+                stdout=tty,
+                stderr=tty,
+                start_new_session=True,
+                preexec_fn=_take_terminal,
+            )
             os.close(tty)
             self.output = self.terminal
         else:
-            self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             assert self.proc.stdout is not None
             self.output = self.proc.stdout.fileno()
         self.text = ""
@@ -131,7 +143,8 @@ def whole_tree(serve: Serve, data_dir: Path) -> set[psutil.Process]:
         procs = tree_of(serve, data_dir)
         names = sorted(proc.name() for proc in procs)
         complete = {"postgres", "redis-server"} <= set(names) and sum(
-            "python" in name for name in names) >= 6
+            "python" in name for name in names
+        ) >= 6
         if complete or time.monotonic() > deadline:
             assert complete, names
             return procs
@@ -162,13 +175,15 @@ def fast_shutdowns(data_dir: Path) -> int:
     """How often the embedded PostgreSQL logged a completed fast shutdown."""
     log = data_dir / "postgres" / "log"
     text = log.read_text(errors="replace") if log.exists() else ""
-    return min(text.count("received fast shutdown request"),
-               text.count("database system is shut down"))
+    return min(
+        text.count("received fast shutdown request"), text.count("database system is shut down")
+    )
 
 
 @pytest.mark.timeout(300)
 def test_serve_starts_everything_delivers_keeps_data_and_stops_cleanly(
-        data_dir: Path, hook: HookServer) -> None:
+    data_dir: Path, hook: HookServer
+) -> None:
     port = free_port()
     env = embedded_env(data_dir, port)
     serve = Serve(env)
@@ -177,18 +192,34 @@ def test_serve_starts_everything_delivers_keeps_data_and_stops_cleanly(
         serve.read_until(rf"serving on http://127.0.0.1:{port}/")
         base = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {key}"}
-        created = requests.post(base + "/", params={"url": hook.script("/serve")},
-                                data=b"hello", headers=auth, timeout=10)
+        created = requests.post(
+            base + "/",
+            params={"url": hook.script("/serve")},
+            data=b"hello",
+            headers=auth,
+            timeout=10,
+        )
         assert created.status_code == 201, created.text
         (received,) = hook.wait_for(1, "/serve", timeout=30)
         assert received.body == b"hello"
 
-        beside = subprocess.run([sys.executable, "-m", "ntq", "apps", "create", "second",
-                                 "--json"], env=env, capture_output=True, text=True,
-                                timeout=60, check=True)
+        beside = subprocess.run(
+            [sys.executable, "-m", "ntq", "apps", "create", "second", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         second = json.loads(beside.stdout.strip().splitlines()[-1])
-        assert requests.get(base + "/stats", headers={
-            "Authorization": f"Bearer {second['api_key']}"}, timeout=10).status_code == 200
+        assert (
+            requests.get(
+                base + "/stats",
+                headers={"Authorization": f"Bearer {second['api_key']}"},
+                timeout=10,
+            ).status_code
+            == 200
+        )
     finally:
         code = serve.interrupt()
     assert code == 0, serve.text
@@ -202,8 +233,7 @@ def test_serve_starts_everything_delivers_keeps_data_and_stops_cleanly(
         again.read_until("serving on")
         assert "created application" not in again.text  # the data was kept
         task_id = created.json()["id"]
-        kept = requests.get(f"http://127.0.0.1:{port}/tasks/{task_id}", headers=auth,
-                            timeout=10)
+        kept = requests.get(f"http://127.0.0.1:{port}/tasks/{task_id}", headers=auth, timeout=10)
         assert kept.status_code == 200
         assert kept.json()["status"] == "COMPLETED"
     finally:
@@ -212,19 +242,27 @@ def test_serve_starts_everything_delivers_keeps_data_and_stops_cleanly(
 
 def deliver(port: int, key: str, hook: HookServer, path: str) -> None:
     """Enqueue a task on the ntq at ``port`` and see the hook receive it."""
-    created = requests.post(f"http://127.0.0.1:{port}/", params={"url": hook.script(path)},
-                            data=b"again", headers={"Authorization": f"Bearer {key}"},
-                            timeout=10)
+    created = requests.post(
+        f"http://127.0.0.1:{port}/",
+        params={"url": hook.script(path)},
+        data=b"again",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
     assert created.status_code == 201, created.text
     (received,) = hook.wait_for(1, path, timeout=30)
     assert received.body == b"again"
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL],
-                         ids=["terminal_closed", "sigterm", "sigkill"])
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL],
+    ids=["terminal_closed", "sigterm", "sigkill"],
+)
 def test_serve_ended_by_a_signal_leaves_nothing_running_and_starts_again_cleanly(
-        sig: signal.Signals, data_dir: Path, hook: HookServer) -> None:
+    sig: signal.Signals, data_dir: Path, hook: HookServer
+) -> None:
     port = free_port()
     first = Serve(embedded_env(data_dir, port), terminal=sig == signal.SIGHUP)
     procs: set[psutil.Process] = set()
@@ -257,8 +295,9 @@ def test_serve_ended_by_a_signal_leaves_nothing_running_and_starts_again_cleanly
 
 
 def run_ntq(command: str, env: dict[str, str]) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-m", "ntq", command], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "ntq", command], env=env, capture_output=True, text=True, timeout=60
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -273,7 +312,8 @@ def assert_refused(code: int, output: str, port: int) -> None:
 
 @pytest.mark.parametrize("command", ["serve", "web"])
 def test_a_port_taken_by_another_program_is_refused_at_once(
-        command: str, migrated: str, redis_url: str, hook: HookServer) -> None:
+    command: str, migrated: str, redis_url: str, hook: HookServer
+) -> None:
     # The hook receiver answers every GET with 200, /healthz included.
     port = hook.server_address[1]
     code, output = run_ntq(command, stack_env(migrated, redis_url, PORT=str(port)))

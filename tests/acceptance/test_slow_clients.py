@@ -44,8 +44,20 @@ def enough_open_files(needed: int) -> None:
 def web_with_common_limits(stack: Stack, **env: str) -> Proc:
     """``ntq web`` (one worker) started under the common default soft limit of 1,024 open
     files, as a shell or a service manager would leave it."""
-    argv = ["sh", "-c", f'ulimit -Sn {COMMON_SOFT_LIMIT} && exec "$@"', "sh",
-            sys.executable, "-m", "ntq", "web", "--port", str(stack.port), "--workers", "1"]
+    argv = [
+        "sh",
+        "-c",
+        f'ulimit -Sn {COMMON_SOFT_LIMIT} && exec "$@"',
+        "sh",
+        sys.executable,
+        "-m",
+        "ntq",
+        "web",
+        "--port",
+        str(stack.port),
+        "--workers",
+        "1",
+    ]
     proc = Proc(argv, {**stack.env, **env}, stack.logdir / "web.log").start()
     stack.procs.append(proc)
     wait_http(stack.url + "/healthz", proc)
@@ -53,9 +65,11 @@ def web_with_common_limits(stack: Stack, **env: str) -> Proc:
 
 
 def request_head(port: int, key: str, content_length: int) -> bytes:
-    return (f"POST /?url={HOOK} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Authorization: Bearer {key}\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {content_length}\r\n\r\n").encode()
+    return (
+        f"POST /?url={HOOK} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {content_length}\r\n\r\n"
+    ).encode()
 
 
 class Tricklers:
@@ -126,13 +140,18 @@ def trickling(port: int, key: str, count: int) -> Iterator[Tricklers]:
 def enqueue_on_a_new_connection(base: str, key: str) -> requests.Response:
     """A normal ``POST /`` on a connection of its own (the web must accept a new one),
     with a generous timeout: this is about being served at all, not about speed."""
-    return requests.post(base + "/", params={"url": HOOK}, data=b"payload",
-                         headers={"Authorization": f"Bearer {key}",
-                                  "Content-Type": "text/plain"}, timeout=60)
+    return requests.post(
+        base + "/",
+        params={"url": HOOK},
+        data=b"payload",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "text/plain"},
+        timeout=60,
+    )
 
 
 def test_thousands_of_trickling_clients_leave_enqueues_working_and_get_408(
-        stack: Stack, creds: Credentials) -> None:
+    stack: Stack, creds: Credentials
+) -> None:
     enough_open_files(TRICKLERS + 500)
     web_with_common_limits(stack, NTQ_BODY_TIMEOUT=str(DEADLINE))
     with trickling(stack.port, creds.api_key, TRICKLERS) as slow:
@@ -142,28 +161,31 @@ def test_thousands_of_trickling_clients_leave_enqueues_working_and_get_408(
         # Every trickler was still being read while those were served.
         assert slow.answered == 0
 
-        eventually(lambda: len(slow.closed) == TRICKLERS, DEADLINE + 60,
-                   "every trickler answered and its connection closed")
+        eventually(
+            lambda: len(slow.closed) == TRICKLERS,
+            DEADLINE + 60,
+            "every trickler answered and its connection closed",
+        )
     answers = [slow.answers.get(index, b"") for index in range(TRICKLERS)]
     assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), {
-        answer[:40] for answer in answers}
+        answer[:40] for answer in answers
+    }
     head, _, body = answers[0].partition(b"\r\n\r\n")
     assert b"content-type: application/json" in head.lower()
     assert json.loads(body)["error"]["code"] == "body_timeout"
 
 
 def test_a_client_that_disconnects_mid_body_leaves_one_short_log_line(
-        stack: Stack, creds: Credentials) -> None:
+    stack: Stack, creds: Credentials
+) -> None:
     web = web_with_common_limits(stack)
     with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
         sock.sendall(request_head(stack.port, creds.api_key, 1000) + b"only ten b")
-    eventually(lambda: "web.client_disconnected" in web.output(), 30,
-               "the disconnect was logged")
+    eventually(lambda: "web.client_disconnected" in web.output(), 30, "the disconnect was logged")
     time.sleep(0.5)  # anything else it would log comes right after
 
     log = web.output()
-    assert len([line for line in log.splitlines()
-                if "web.client_disconnected" in line]) == 1, log
+    assert len([line for line in log.splitlines() if "web.client_disconnected" in line]) == 1, log
     assert "Traceback" not in log
     assert '"exception"' not in log
     assert "internal_error" not in log

@@ -56,8 +56,11 @@ def chooser(seed: int) -> Callable[[], Step]:
 
     def choose() -> Step:
         roll = rng.random()
-        return {"status": 500, "body": b"no"} if roll < P_FAIL else (
-            HANG if roll < P_FAIL + P_HANG else {"status": 200, "body": b"ok"})
+        return (
+            {"status": 500, "body": b"no"}
+            if roll < P_FAIL
+            else (HANG if roll < P_FAIL + P_HANG else {"status": 200, "body": b"ok"})
+        )
 
     return choose
 
@@ -79,11 +82,17 @@ def as_call(received: Received) -> Call:
         behaviour = "gone"
     else:
         behaviour = "ok" if received.status == 200 else "fail"
-    return Call(received.headers["NTQ-Task-Id"], int(received.headers["NTQ-Task-Attempt"]),
-                behaviour, received.at, received.ended)
+    return Call(
+        received.headers["NTQ-Task-Id"],
+        int(received.headers["NTQ-Task-Attempt"]),
+        behaviour,
+        received.at,
+        received.ended,
+    )
 
 
 # --- the worker killer ---------------------------------------------------------------------
+
 
 @dataclass
 class Life:
@@ -139,12 +148,21 @@ class Killer(threading.Thread):
 
 # --- the test ------------------------------------------------------------------------------
 
+
 def enqueue_all(api: Api, url: str, count: int, on_half: Any) -> list[str]:
     ids: list[str] = []
     for start in range(0, count, BATCH):
         size = min(BATCH, count - start)
-        batch = [{"url": url, "body": f"task {start + i}", "content_type": "text/plain",
-                  "timeout": TIMEOUT, "max_retries": MAX_RETRIES} for i in range(size)]
+        batch = [
+            {
+                "url": url,
+                "body": f"task {start + i}",
+                "content_type": "text/plain",
+                "timeout": TIMEOUT,
+                "max_retries": MAX_RETRIES,
+            }
+            for i in range(size)
+        ]
         response = api.post("/tasks", json=batch, timeout=120)
         assert response.status_code == 201, response.text[:500]
         ids.extend(task["id"] for task in response.json()["tasks"])
@@ -155,13 +173,18 @@ def enqueue_all(api: Api, url: str, count: int, on_half: Any) -> list[str]:
 
 def pending_count(engine: Engine) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM tasks WHERE status = 'PENDING'")).scalar_one())
+        return int(
+            conn.execute(text("SELECT count(*) FROM tasks WHERE status = 'PENDING'")).scalar_one()
+        )
 
 
 def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
-        private_stack: Stack, creds: Credentials, private_redis: RedisServer,
-        hook: HookServer, engine: Engine) -> None:
+    private_stack: Stack,
+    creds: Credentials,
+    private_redis: RedisServer,
+    hook: HookServer,
+    engine: Engine,
+) -> None:
     began = time.monotonic()
     context = f"(NTQ_SOAK_SEED={SEED}, NTQ_SOAK_TASKS={TASKS})"
     private_stack.web()
@@ -185,8 +208,11 @@ def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
         while (left := pending_count(engine)) and time.monotonic() < deadline:
             assert killer.error is None, killer.error
             if polls % 10 == 0:  # progress, shown with pytest -s
-                print(f"{time.monotonic() - began:6.1f} s: {left} pending, "
-                      f"{len(hook.requests('/soak'))} calls, {killer.kills} kills", flush=True)
+                print(
+                    f"{time.monotonic() - began:6.1f} s: {left} pending, "
+                    f"{len(hook.requests('/soak'))} calls, {killer.kills} kills",
+                    flush=True,
+                )
             polls += 1
             time.sleep(1)
         assert left == 0, f"{left} tasks still PENDING after {BUDGET:.0f} s {context}"
@@ -202,10 +228,12 @@ def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
     assert killer.kills >= 3, f"only {killer.kills} kills: the run was too short to tell"
 
     with engine.connect() as conn:
-        tasks = {str(r.id): r for r in conn.execute(text(
-            "SELECT id, status, retry_count FROM tasks"))}
-        rows = conn.execute(text(
-            "SELECT task_id, number, outcome, status_code, error FROM attempts")).all()
+        tasks = {
+            str(r.id): r for r in conn.execute(text("SELECT id, status, retry_count FROM tasks"))
+        }
+        rows = conn.execute(
+            text("SELECT task_id, number, outcome, status_code, error FROM attempts")
+        ).all()
     recorded: dict[tuple[str, int], Any] = {}
     for row in rows:
         key = (str(row.task_id), row.number)
@@ -229,13 +257,14 @@ def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
         if row.outcome == "complete":
             completions[task_id].append(number)
     for task_id, task in tasks.items():
-        assert all(c.attempt <= task.retry_count for c in by_task[task_id]), \
+        assert all(c.attempt <= task.retry_count for c in by_task[task_id]), (
             f"task {task_id} was attempted after it ended {context}"
+        )
         if task.status == "COMPLETED":
             assert completions[task_id] == [task.retry_count], (task_id, completions[task_id])
-            call = heard.get((task_id, task.retry_count))
-            assert call is not None, f"task {task_id} completed without a call {context}"
-            assert call.behaviour == "ok", (call, context)
+            last_call = heard.get((task_id, task.retry_count))
+            assert last_call is not None, f"task {task_id} completed without a call {context}"
+            assert last_call.behaviour == "ok", (last_call, context)
         else:
             assert not completions[task_id], (task_id, completions[task_id])
 
@@ -247,19 +276,19 @@ def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
     lost = Counter[str]()
     for call in calls:
         key = (call.task_id, call.attempt)
-        row = recorded.get(key)
-        if row is None:
+        attempt = recorded.get(key)
+        if attempt is None:
             if killer.owner(call.received).killed is None:
                 unexplained.append(f"{call} unrecorded, but its worker was not killed")
             killed.add(key)
             lost[call.behaviour] += 1
-        elif "timed out" in (row.error or ""):
+        elif "timed out" in (attempt.error or ""):
             # A hang, or (on a loaded machine) an answer that came after the worker had
             # given up: that attempt is retried, as at-least-once allows.
             if call.behaviour != "hang":
                 late.add(key)
-        elif (call.behaviour, row.status_code) not in {("ok", 200), ("fail", 500)}:
-            unexplained.append(f"{call} recorded as {row}")
+        elif (call.behaviour, attempt.status_code) not in {("ok", 200), ("fail", 500)}:
+            unexplained.append(f"{call} recorded as {attempt}")
     assert not unexplained, f"{len(unexplained)} calls unexplained {context}: {unexplained[:5]}"
 
     # Duplicate deliveries: tasks answered 200 more than once. Every such 200 but the
@@ -271,9 +300,12 @@ def test_soak_random_hooks_killed_workers_and_a_redis_flush_lose_nothing(
     duplicated = {k: v for k, v in answered.items() if len(v) > 1}
     for task_id, numbers in duplicated.items():
         extra = [(task_id, n) for n in numbers if n not in completions[task_id]]
-        assert all(key in killed or key in late for key in extra), \
+        assert all(key in killed or key in late for key in extra), (
             f"task {task_id} delivered twice, not because of a kill {context}: {numbers}"
-    print(f"\nsoak {context}: {len(calls)} calls, {dict(statuses)}, {killer.kills} kills, "
-          f"flush found {flushed}, calls lost to kills {dict(lost)}, "
-          f"{len(duplicated)} tasks answered 200 twice, {len(late)} late answers, "
-          f"{time.monotonic() - began:.0f} s")
+        )
+    print(
+        f"\nsoak {context}: {len(calls)} calls, {dict(statuses)}, {killer.kills} kills, "
+        f"flush found {flushed}, calls lost to kills {dict(lost)}, "
+        f"{len(duplicated)} tasks answered 200 twice, {len(late)} late answers, "
+        f"{time.monotonic() - began:.0f} s"
+    )

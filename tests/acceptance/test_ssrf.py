@@ -38,7 +38,8 @@ def assert_refused_task(api: Api, task_id: str) -> dict[str, Any]:
 
 
 def test_guard_is_on_by_default_and_a_loopback_task_fails_visibly(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     stack.env.pop("NTQ_ALLOW_PRIVATE_NETWORKS")  # the product's default, not the suite's
     stack.worker()
     task_id = enqueue(api, hook.script("/loopback"), max_retries=5)
@@ -48,20 +49,38 @@ def test_guard_is_on_by_default_and_a_loopback_task_fails_visibly(
 
 
 NON_PUBLIC_HOSTS = [
-    "localhost", "127.0.0.1", "[::1]", "0.0.0.0", "[::ffff:127.0.0.1]", "127.1", "2130706433",
-    "10.0.0.1", "10.255.255.254", "172.16.0.1", "172.31.0.1", "192.168.0.1", "192.168.1.254",
-    "169.254.169.254", "100.64.0.1", "[fe80::1]", "[fd00::1]", "224.0.0.1",
+    "localhost",
+    "127.0.0.1",
+    "[::1]",
+    "0.0.0.0",
+    "[::ffff:127.0.0.1]",
+    "127.1",
+    "2130706433",
+    "10.0.0.1",
+    "10.255.255.254",
+    "172.16.0.1",
+    "172.31.0.1",
+    "192.168.0.1",
+    "192.168.1.254",
+    "169.254.169.254",
+    "100.64.0.1",
+    "[fe80::1]",
+    "[fd00::1]",
+    "224.0.0.1",
 ]
 
 
 def test_every_non_public_host_is_refused_at_connect_time(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     stack.worker(NTQ_ALLOW_PRIVATE_NETWORKS="false")
     port = hook.server_address[1]
     # Every URL is valid at enqueue (the web cannot know what a name resolves to later);
     # the worker refuses each when it is about to connect.
-    ids = {host: enqueue(api, f"http://{host}:{port}/metadata", timeout=5, max_retries=2)
-           for host in NON_PUBLIC_HOSTS}
+    ids = {
+        host: enqueue(api, f"http://{host}:{port}/metadata", timeout=5, max_retries=2)
+        for host in NON_PUBLIC_HOSTS
+    }
     for host, task_id in ids.items():
         task = assert_refused_task(api, task_id)
         assert task["url"] == f"http://{host}:{port}/metadata"
@@ -69,7 +88,8 @@ def test_every_non_public_host_is_refused_at_connect_time(
 
 
 def test_redirect_to_a_private_host_is_refused(
-        api: Api, stack: Stack, hook: HookServer, hook2: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer, hook2: HookServer
+) -> None:
     stack.worker(NTQ_ALLOW_PRIVATE_NETWORKS=ALLOW_ONLY_127_0_0_2)
     internal = hook.script("/internal")
     hook2.script("/redirect", {"status": 302, "headers": {"Location": internal}})
@@ -85,7 +105,8 @@ def test_redirect_to_a_private_host_is_refused(
 
 
 def test_callback_to_a_private_address_is_refused(
-        api: Api, stack: Stack, hook: HookServer, hook2: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer, hook2: HookServer
+) -> None:
     stack.worker(NTQ_ALLOW_PRIVATE_NETWORKS=ALLOW_ONLY_127_0_0_2)
     private_callback = hook.script("/callback")
     task_id = enqueue(api, hook2.script("/work"), callback=private_callback)
@@ -94,8 +115,7 @@ def test_callback_to_a_private_address_is_refused(
     assert api.wait_status(task_id, "COMPLETED", "FAILED")["status"] == "COMPLETED"
     callbacks = wait_callbacks(api, {task_id, control_id})
     assert_refused_task(api, callbacks[task_id])
-    assert api.wait_status(callbacks[control_id], "COMPLETED", "FAILED")["status"] == \
-        "COMPLETED"
+    assert api.wait_status(callbacks[control_id], "COMPLETED", "FAILED")["status"] == "COMPLETED"
     assert len(hook2.requests("/callback")) == 1
     assert hook.received == []
 
@@ -114,13 +134,18 @@ def wait_callbacks(api: Api, of: set[str], timeout: float = 30) -> dict[str, str
 
 
 def test_serve_says_at_start_up_that_private_targets_are_refused(
-        clean: None, migrated: str, redis_url: str, tmp_path: Path) -> None:
-    env = stack_env(migrated, redis_url, PORT=str(free_port()),
-                    NTQ_DATA_DIR=str(tmp_path / "data"))
+    clean: None, migrated: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = stack_env(migrated, redis_url, PORT=str(free_port()), NTQ_DATA_DIR=str(tmp_path / "data"))
     env.pop("NTQ_ALLOW_PRIVATE_NETWORKS")
     with (tmp_path / "serve.err").open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "ntq", "serve"], env=env,
-                                stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ntq", "serve"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )
     try:
         lines = read_until(proc, "serving", timeout=60)
     finally:

@@ -30,8 +30,8 @@ def attempts_total(sample: dict[str, float], outcome: str) -> float:
 
 
 def test_stats_and_metrics_match_what_happened(
-        api: Api, stack: Stack, creds: Credentials, engine: Engine,
-        hook: HookServer) -> None:
+    api: Api, stack: Stack, creds: Credentials, engine: Engine, hook: HookServer
+) -> None:
     with engine.begin() as conn:
         other_creds = apps.create(conn, "other-app")
     other = Api(stack.url, other_creds.api_key)
@@ -81,16 +81,19 @@ def test_stats_and_metrics_match_what_happened(
     latency = after["delivery_latency_seconds"]
     assert latency["mean"] > 0
     assert latency["p99"] >= latency["mean"]
-    assert stats(other)["counts"] == {"PENDING": 1, "COMPLETED": 0, "FAILED": 0,
-                                      "CANCELLED": 0}
+    assert stats(other)["counts"] == {"PENDING": 1, "COMPLETED": 0, "FAILED": 0, "CANCELLED": 0}
     assert api.task(waiting)["status"] == "PENDING"
 
     histogram = "ntq_attempt_duration_seconds"
     sample = wait_metrics(stack.url, lambda s: s[f"{histogram}_count"] == 7)
     assert sample["ntq_tasks_enqueued_total"] == 8
-    assert (attempts_total(sample, "complete"), attempts_total(sample, "retry"),
-            attempts_total(sample, "fail"), attempts_total(sample, "cancel_notice"),
-            attempts_total(sample, "interrupted")) == (4, 1, 1, 1, 0)
+    assert (
+        attempts_total(sample, "complete"),
+        attempts_total(sample, "retry"),
+        attempts_total(sample, "fail"),
+        attempts_total(sample, "cancel_notice"),
+        attempts_total(sample, "interrupted"),
+    ) == (4, 1, 1, 1, 0)
     assert sample["ntq_tasks_completed_total"] == 4
     assert sample["ntq_tasks_failed_total"] == 1
     assert sample["ntq_tasks_cancelled_total"] == 1
@@ -103,7 +106,8 @@ def test_stats_and_metrics_match_what_happened(
 
 
 def test_promtool_accepts_metrics_after_real_deliveries(
-        api: Api, stack: Stack, hook: HookServer) -> None:
+    api: Api, stack: Stack, hook: HookServer
+) -> None:
     stack.worker()
     done = enqueue(api, hook.script("/done"))
     failed = enqueue(api, hook.script("/gone", {"status": 410}))
@@ -111,14 +115,27 @@ def test_promtool_accepts_metrics_after_real_deliveries(
     assert api.delete(f"/tasks/{cancelled}").status_code == 204
     finished(api, done)
     finished(api, failed)
-    wait_metrics(stack.url, lambda s: (s["ntq_tasks_completed_total"],
-                                       s["ntq_tasks_failed_total"],
-                                       s["ntq_tasks_cancelled_total"]) == (1, 1, 1))
+    wait_metrics(
+        stack.url,
+        lambda s: (
+            (
+                s["ntq_tasks_completed_total"],
+                s["ntq_tasks_failed_total"],
+                s["ntq_tasks_cancelled_total"],
+            )
+            == (1, 1, 1)
+        ),
+    )
 
     text = exposition(stack.url)
     promtool_check(text)
     families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     helped = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
     assert families == helped
-    assert {"ntq_tasks_enqueued_total", "ntq_attempts_total", "ntq_tasks_pending",
-            "ntq_redis_up", "ntq_attempt_duration_seconds"} <= families
+    assert {
+        "ntq_tasks_enqueued_total",
+        "ntq_attempts_total",
+        "ntq_tasks_pending",
+        "ntq_redis_up",
+        "ntq_attempt_duration_seconds",
+    } <= families

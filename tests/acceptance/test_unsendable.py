@@ -42,15 +42,23 @@ def assert_failed_at_once(api: Api, task_id: str, *words: str) -> None:
         assert word in task["last_error"], task
 
 
-@pytest.mark.parametrize(("new", "words"), [
-    ({"headers": {"X-Name": "日本"}}, ("latin-1",)),
-    ({"content_type": "text/plain; x=日本"}, ("latin-1",)),
-    ({"headers": {"X-Name": " leading space"}}, ("InvalidHeader",)),
-    ({"host": "a..example.com"}, ("label",)),
-], ids=["header value", "content type", "leading space", "host label"])
+@pytest.mark.parametrize(
+    ("new", "words"),
+    [
+        ({"headers": {"X-Name": "日本"}}, ("latin-1",)),
+        ({"content_type": "text/plain; x=日本"}, ("latin-1",)),
+        ({"headers": {"X-Name": " leading space"}}, ("InvalidHeader",)),
+        ({"host": "a..example.com"}, ("label",)),
+    ],
+    ids=["header value", "content type", "leading space", "host label"],
+)
 def test_a_stored_unsendable_task_fails_with_the_error_recorded(
-        app: tuple[Api, Credentials], engine: Engine, hook: HookServer,
-        new: dict[str, Any], words: tuple[str, ...]) -> None:
+    app: tuple[Api, Credentials],
+    engine: Engine,
+    hook: HookServer,
+    new: dict[str, Any],
+    words: tuple[str, ...],
+) -> None:
     api, creds = app
     url = hook.script("/unsendable").replace("127.0.0.1", new.get("host", "127.0.0.1"))
     fields = {name: value for name, value in new.items() if name != "host"}
@@ -60,10 +68,10 @@ def test_a_stored_unsendable_task_fails_with_the_error_recorded(
 
 
 def test_a_redirect_to_an_unusable_host_fails_with_the_error_recorded(
-        app: tuple[Api, Credentials], hook: HookServer) -> None:
+    app: tuple[Api, Credentials], hook: HookServer
+) -> None:
     api, _ = app
-    url = hook.script("/moved", {"status": 302,
-                                 "headers": {"Location": "http://a..example.com/x"}})
+    url = hook.script("/moved", {"status": 302, "headers": {"Location": "http://a..example.com/x"}})
     task_id = enqueue(api, url, max_retries=5)
     assert_failed_at_once(api, task_id, "label")
     assert len(hook.requests("/moved")) == 1

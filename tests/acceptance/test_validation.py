@@ -38,13 +38,21 @@ def count(engine: Engine) -> int:
 
 
 def test_chunked_body_over_the_limit_is_413_and_stores_nothing(
-        stack: Stack, mine: Credentials, engine: Engine) -> None:
+    stack: Stack, mine: Credentials, engine: Engine
+) -> None:
     """No Content-Length to trust: the limit holds while reading."""
     before = count(engine)
     chunks: Iterator[bytes] = (b"x" * 1024 for _ in range(BODY_LIMIT // 1024 + 2))
-    response = requests.post(stack.url + "/", params={"url": HOOK}, data=chunks, timeout=10,
-                             headers={"Authorization": f"Bearer {mine.api_key}",
-                                      "Content-Type": "application/octet-stream"})
+    response = requests.post(
+        stack.url + "/",
+        params={"url": HOOK},
+        data=chunks,
+        timeout=10,
+        headers={
+            "Authorization": f"Bearer {mine.api_key}",
+            "Content-Type": "application/octet-stream",
+        },
+    )
     assert response.status_code == 413, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     error = response.json()["error"]
@@ -54,12 +62,12 @@ def test_chunked_body_over_the_limit_is_413_and_stores_nothing(
 
 
 def test_the_ntorque_key_header_with_an_underscore_authenticates(
-        stack: Stack, mine: Credentials, engine: Engine) -> None:
+    stack: Stack, mine: Credentials, engine: Engine
+) -> None:
     """nTorque's client sends NTORQUE_API_KEY with an underscore, which servers often drop."""
     headers = {"NTORQUE_API_KEY": mine.api_key}
     before = count(engine)
-    response = requests.post(stack.url + "/", params={"url": HOOK}, headers=headers,
-                             timeout=10)
+    response = requests.post(stack.url + "/", params={"url": HOOK}, headers=headers, timeout=10)
     assert response.status_code == 201, response.text
     assert response.json()["app"] == mine.name
     assert count(engine) == before + 1

@@ -23,7 +23,8 @@ def database_only(migrated: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 
 def test_migrate_and_apps_run_with_a_database_and_no_redis(
-        database_only: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    database_only: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, output = run_cli(["migrate"], capsys)
     assert code == 0, output
     name = f"db-only-{uuid.uuid4().hex[:8]}"

@@ -40,16 +40,24 @@ def keepers(data_dir: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         cmdline = proc.info["cmdline"] or []
-        if ("ntq.embedded.servers" in cmdline and str(data_dir.resolve()) in cmdline
-                and proc.info["status"] != psutil.STATUS_ZOMBIE):
+        if (
+            "ntq.embedded.servers" in cmdline
+            and str(data_dir.resolve()) in cmdline
+            and proc.info["status"] != psutil.STATUS_ZOMBIE
+        ):
             found.append(proc)
     return found
 
 
 def test_processes_starting_together_share_one_redis_that_stops_after_the_last(
-        tmp_path: Path) -> None:
-    users = [subprocess.Popen([sys.executable, "-c", ATTACH, str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    tmp_path: Path,
+) -> None:
+    users = [
+        subprocess.Popen(
+            [sys.executable, "-c", ATTACH, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
     try:
         urls = {user.stdout.readline().strip() for user in users if user.stdout}
         assert len(urls) == 1, urls
@@ -82,9 +90,13 @@ def postmaster(data_dir: Path) -> psutil.Process:
 
 
 def test_postgres_left_by_a_killed_keeper_is_adopted_and_stopped_by_the_next(
-        data_dir: Path) -> None:
-    first = subprocess.Popen([sys.executable, "-c", ATTACH.replace("redis_url", "postgres_url"),
-                              str(data_dir)], stdout=subprocess.PIPE, text=True)
+    data_dir: Path,
+) -> None:
+    first = subprocess.Popen(
+        [sys.executable, "-c", ATTACH.replace("redis_url", "postgres_url"), str(data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert first.stdout is not None
         assert first.stdout.readline().startswith("postgresql://")
@@ -99,10 +111,20 @@ def test_postgres_left_by_a_killed_keeper_is_adopted_and_stopped_by_the_next(
         first.kill()
         first.wait()
     # The package's own count of users still names the dead keeper; it must not matter.
-    again = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                            "from ntq.embedded.servers import postgres_url; "
-                            "print(postgres_url(Path(sys.argv[1])))", str(data_dir)],
-                           capture_output=True, text=True, timeout=120, check=True)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; "
+            "from ntq.embedded.servers import postgres_url; "
+            "print(postgres_url(Path(sys.argv[1])))",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert again.stdout.startswith("postgresql://"), again.stderr
     server.wait(30)
     psutil.wait_procs(keepers(data_dir), timeout=20)

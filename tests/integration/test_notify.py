@@ -9,14 +9,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import cast
 
 import pytest
 import redis
-from sqlalchemy import Engine
 
 from ntq import metrics, notify
 from ntq.config import Settings
 from ntq.records import Outcome, Status
+from ntq.store.db import Store
 
 
 @pytest.fixture
@@ -26,8 +27,8 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def notifier(settings: Settings, engine: Engine) -> notify.Notifier:
-    return notify.connect(settings, metrics.Tally(engine))
+def notifier(settings: Settings, store: Store) -> notify.Notifier:
+    return notify.connect(settings, metrics.Tally(store))
 
 
 @pytest.fixture
@@ -37,27 +38,31 @@ def server(settings: Settings) -> redis.Redis:
 
 
 @pytest.fixture
-def refused(settings: Settings, engine: Engine) -> notify.Notifier:
+def refused(settings: Settings, store: Store) -> notify.Notifier:
     """A notifier whose Redis URL names a port nothing listens on."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     down = replace(settings, redis_url=f"redis://127.0.0.1:{port}/0")
-    return notify.connect(down, metrics.Tally(engine))
+    return notify.connect(down, metrics.Tally(store))
+
+
+# The server decodes its replies (decode_responses), which redis-py's types cannot tell.
 
 
 def queued(server: redis.Redis, settings: Settings) -> list[str]:
-    return list(server.lrange(settings.queue_key, 0, -1))
+    return cast(list[str], server.lrange(settings.queue_key, 0, -1))
 
 
 def scheduled(server: redis.Redis, settings: Settings) -> dict[str, float]:
-    return dict(server.zrange(settings.scheduled_key, 0, -1, withscores=True))
+    pairs = server.zrange(settings.scheduled_key, 0, -1, withscores=True)
+    return dict(cast(list[tuple[str, float]], pairs))
 
 
 @pytest.fixture
 def heard(server: redis.Redis, settings: Settings) -> Iterator[redis.client.PubSub]:
     """A subscriber to every channel of the settings' prefix."""
-    pubsub = server.pubsub(ignore_subscribe_messages=True)
+    pubsub = server.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.psubscribe(f"{settings.redis_channel}:*")
     pubsub.get_message(timeout=1)
     yield pubsub
@@ -71,8 +76,7 @@ def messages(pubsub: redis.client.PubSub) -> list[tuple[str, str]]:
     return found
 
 
-def test_push_and_take(notifier: notify.Notifier, server: redis.Redis,
-                       settings: Settings) -> None:
+def test_push_and_take(notifier: notify.Notifier, server: redis.Redis, settings: Settings) -> None:
     ids = [uuid.uuid4() for _ in range(3)]
     assert notifier.push(ids)
     assert notifier.push([])
@@ -83,23 +87,26 @@ def test_push_and_take(notifier: notify.Notifier, server: redis.Redis,
     assert notifier.take(5) == []  # after waiting BLOCKING_WAIT for nothing
 
 
-def test_take_skips_an_id_that_is_not_a_uuid(notifier: notify.Notifier, server: redis.Redis,
-                                             settings: Settings) -> None:
+def test_take_skips_an_id_that_is_not_a_uuid(
+    notifier: notify.Notifier, server: redis.Redis, settings: Settings
+) -> None:
     good = uuid.uuid4()
     server.rpush(settings.queue_key, "junk", str(good))
     assert notifier.take(10) == [good]
 
 
-def test_enqueued_wakes_now_and_schedules_later(notifier: notify.Notifier,
-                                                server: redis.Redis, settings: Settings) -> None:
+def test_enqueued_wakes_now_and_schedules_later(
+    notifier: notify.Notifier, server: redis.Redis, settings: Settings
+) -> None:
     now, later = uuid.uuid4(), uuid.uuid4()
     assert notifier.enqueued([now], {later: 1234.5})
     assert queued(server, settings) == [str(now)]
     assert scheduled(server, settings) == {str(later): 1234.5}
 
 
-def test_schedule_then_promote_due(notifier: notify.Notifier, server: redis.Redis,
-                                   settings: Settings) -> None:
+def test_schedule_then_promote_due(
+    notifier: notify.Notifier, server: redis.Redis, settings: Settings
+) -> None:
     due, future = uuid.uuid4(), uuid.uuid4()
     assert notifier.schedule(due, time.time() - 1)
     assert notifier.schedule(future, time.time() + 3600)
@@ -109,41 +116,45 @@ def test_schedule_then_promote_due(notifier: notify.Notifier, server: redis.Redi
 
 
 def test_attempted_schedules_retries_wakes_callbacks_announces_ends(
-        notifier: notify.Notifier, server: redis.Redis, settings: Settings,
-        heard: redis.client.PubSub) -> None:
+    notifier: notify.Notifier, server: redis.Redis, settings: Settings, heard: redis.client.PubSub
+) -> None:
     retried, done, callback = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    notifier.attempted([
-        notify.Attempted(retried, Outcome.RETRY, 5, Status.PENDING, retry_at=99.0),
-        notify.Attempted(done, Outcome.COMPLETE, 5, Status.COMPLETED, callback_id=callback),
-    ])
+    notifier.attempted(
+        [
+            notify.Attempted(retried, Outcome.RETRY, 5, Status.PENDING, retry_at=99.0),
+            notify.Attempted(done, Outcome.COMPLETE, 5, Status.COMPLETED, callback_id=callback),
+        ]
+    )
     assert scheduled(server, settings) == {str(retried): 99.0}
     assert queued(server, settings) == [str(callback)]
     assert messages(heard) == [(settings.finished_channel(done), "COMPLETED")]
 
 
 def test_cancelled_interrupts_schedules_the_notice_and_announces(
-        notifier: notify.Notifier, server: redis.Redis, settings: Settings,
-        heard: redis.client.PubSub) -> None:
+    notifier: notify.Notifier, server: redis.Redis, settings: Settings, heard: redis.client.PubSub
+) -> None:
     task, callback = uuid.uuid4(), uuid.uuid4()
     notifier.cancelled(task, callback, notice=True)
-    assert messages(heard) == [(settings.cancel_channel, str(task)),
-                               (settings.finished_channel(task), "CANCELLED")]
+    assert messages(heard) == [
+        (settings.cancel_channel, str(task)),
+        (settings.finished_channel(task), "CANCELLED"),
+    ]
     assert list(scheduled(server, settings)) == [str(task)]
     assert queued(server, settings) == [str(callback)]
 
 
 def test_deleted_all_interrupts_the_application(
-        notifier: notify.Notifier, server: redis.Redis, settings: Settings,
-        heard: redis.client.PubSub) -> None:
+    notifier: notify.Notifier, server: redis.Redis, settings: Settings, heard: redis.client.PubSub
+) -> None:
     app, owed = uuid.uuid4(), uuid.uuid4()
     notifier.deleted_all(app, [owed])
     assert messages(heard) == [(settings.cancel_channel, f"app:{app}")]
     assert list(scheduled(server, settings)) == [str(owed)]
 
 
-def test_interrupts_hears_tasks_and_applications(notifier: notify.Notifier,
-                                                 server: redis.Redis,
-                                                 settings: Settings) -> None:
+def test_interrupts_hears_tasks_and_applications(
+    notifier: notify.Notifier, server: redis.Redis, settings: Settings
+) -> None:
     task, app = uuid.uuid4(), uuid.uuid4()
     received: list[notify.Interrupt] = []
 
@@ -162,17 +173,19 @@ def test_interrupts_hears_tasks_and_applications(notifier: notify.Notifier,
     for text in (str(task), "not-an-id", f"app:{app}", "app:None"):
         server.publish(settings.cancel_channel, text)
     listener.join(timeout=5)
-    assert received == [notify.Interrupt(task_id=task),
-                        notify.Interrupt(app_id=app, whole_app=True),
-                        notify.Interrupt(whole_app=True)]
+    assert received == [
+        notify.Interrupt(task_id=task),
+        notify.Interrupt(app_id=app, whole_app=True),
+        notify.Interrupt(whole_app=True),
+    ]
 
 
-def test_wait_finished_returns_when_announced(notifier: notify.Notifier,
-                                              server: redis.Redis, settings: Settings) -> None:
+def test_wait_finished_returns_when_announced(
+    notifier: notify.Notifier, server: redis.Redis, settings: Settings
+) -> None:
     task = uuid.uuid4()
     statuses = iter([Status.PENDING, Status.COMPLETED])
-    announce = threading.Timer(0.3, server.publish, [settings.finished_channel(task),
-                                                     "COMPLETED"])
+    announce = threading.Timer(0.3, server.publish, [settings.finished_channel(task), "COMPLETED"])
     announce.start()
     started = time.monotonic()
     assert notifier.wait_finished(task, 10, lambda: next(statuses)) == Status.COMPLETED
@@ -205,8 +218,12 @@ def test_refused_hints_are_dropped_then_skipped(refused: notify.Notifier) -> Non
 
 
 def test_refused_questions_raise_unavailable(refused: notify.Notifier) -> None:
-    for question in (lambda: refused.take(1), refused.backlog, refused.promote_due,
-                     lambda: next(refused.interrupts())):
+    for question in (
+        lambda: refused.take(1),
+        refused.backlog,
+        refused.promote_due,
+        lambda: next(refused.interrupts()),
+    ):
         with pytest.raises(notify.Unavailable):
             question()
 
@@ -219,8 +236,13 @@ def test_refused_readiness_gauges_and_wait(refused: notify.Notifier) -> None:
 
 def test_unreachable_channel_fails_every_call_at_once() -> None:
     channel = notify.UNREACHABLE
-    for call in (lambda: channel.send(notify.Hints(due=["x"])), lambda: channel.take(1),
-                 lambda: channel.promote_due(1), channel.backlog, channel.ping,
-                 lambda: channel.subscribe("x")):
+    for call in (
+        lambda: channel.send(notify.Hints(due=["x"])),
+        lambda: channel.take(1),
+        lambda: channel.promote_due(1),
+        channel.backlog,
+        channel.ping,
+        lambda: channel.subscribe("x"),
+    ):
         with pytest.raises(notify.Unavailable):
             call()

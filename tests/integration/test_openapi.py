@@ -52,8 +52,9 @@ def document(wsgi: Any) -> dict[str, Any]:
 @pytest.fixture
 def web(wsgi: Any, document: dict[str, Any], creds: Credentials) -> CheckedApp:
     """The app, as the test application, every response checked against the document."""
-    return CheckedApp(wsgi, document,
-                      extra_environ={"HTTP_AUTHORIZATION": f"Bearer {creds.api_key}"})
+    return CheckedApp(
+        wsgi, document, extra_environ={"HTTP_AUTHORIZATION": f"Bearer {creds.api_key}"}
+    )
 
 
 def test_the_document_is_served_without_a_key_and_validates(wsgi: Any) -> None:
@@ -65,18 +66,19 @@ def test_the_document_is_served_without_a_key_and_validates(wsgi: Any) -> None:
 
 
 def test_every_route_is_documented_and_every_operation_routed(
-        wsgi: Any, document: dict[str, Any]) -> None:
+    wsgi: Any, document: dict[str, Any]
+) -> None:
     assert route_drift(wsgi.registry, document) == {"undocumented": set(), "unrouted": set()}
 
 
 def test_a_route_added_without_documenting_it_is_caught(
-        settings: Settings, document: dict[str, Any]) -> None:
+    settings: Settings, document: dict[str, Any]
+) -> None:
     config = Configurator()
     config.include("ntq.web.api")
     config.include("ntq.web.openapi")
     config.add_route("undocumented", "/tasks/{id}/priority")
-    config.add_view(lambda request: Response(), route_name="undocumented",
-                    request_method="PUT")
+    config.add_view(lambda request: Response(), route_name="undocumented", request_method="PUT")
     config.commit()
     drift = route_drift(config.registry, document)
     assert drift == {"undocumented": {("PUT", "/tasks/{id}/priority")}, "unrouted": set()}
@@ -84,15 +86,15 @@ def test_a_route_added_without_documenting_it_is_caught(
 
 def test_every_request_field_is_documented(document: dict[str, Any]) -> None:
     fields = document["components"]["schemas"]["TaskRequest"]["properties"]
-    assert field_drift(schemas.JSON_FIELDS, fields) == {"undocumented": set(),
-                                                        "unaccepted": set()}
+    assert field_drift(schemas.JSON_FIELDS, fields) == {"undocumented": set(), "unaccepted": set()}
     parameters = query_parameters(document["paths"]["/"]["post"])
-    assert field_drift(schemas.QUERY_PARAMETERS, parameters) == {"undocumented": set(),
-                                                                 "unaccepted": set()}
+    assert field_drift(schemas.QUERY_PARAMETERS, parameters) == {
+        "undocumented": set(),
+        "unaccepted": set(),
+    }
 
 
-def test_a_request_field_added_without_documenting_it_is_caught(
-        document: dict[str, Any]) -> None:
+def test_a_request_field_added_without_documenting_it_is_caught(document: dict[str, Any]) -> None:
     fields = document["components"]["schemas"]["TaskRequest"]["properties"]
     drift = field_drift(schemas.JSON_FIELDS | {"priority"}, fields)
     assert drift == {"undocumented": {"priority"}, "unaccepted": set()}
@@ -102,13 +104,17 @@ def test_every_accepted_key_header_is_a_security_scheme(document: dict[str, Any]
     schemes = document["components"]["securitySchemes"]
     headers = {s["name"] for s in schemes.values() if s["type"] == "apiKey"}
     assert {*auth.KEY_HEADERS, "NTORQUE_API_KEY"} == headers
-    assert schemes["bearer"] == {"type": "http", "scheme": "bearer",
-                                 "description": "Authorization: Bearer <key>"}
+    assert schemes["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Authorization: Bearer <key>",
+    }
     assert [next(iter(s)) for s in document["security"]] == list(schemes)
 
 
 def test_a_response_field_added_without_documenting_it_is_caught(
-        wsgi: Any, document: dict[str, Any], creds: Credentials) -> None:
+    wsgi: Any, document: dict[str, Any], creds: Credentials
+) -> None:
     def with_extra_field(environ: dict[str, Any], start_response: Any) -> Any:
         captured: dict[str, Any] = {}
 
@@ -123,15 +129,20 @@ def test_a_response_field_added_without_documenting_it_is_caught(
         start_response(captured["status"], [*headers, ("Content-Length", str(len(body)))])
         return [body]
 
-    web = CheckedApp(with_extra_field, document,
-                     extra_environ={"HTTP_AUTHORIZATION": f"Bearer {creds.api_key}"})
+    web = CheckedApp(
+        with_extra_field, document, extra_environ={"HTTP_AUTHORIZATION": f"Bearer {creds.api_key}"}
+    )
     with pytest.raises(InvalidData, match="priority"):
         web.post(f"/?url={HOOK}")  # the task answered, plus "priority"
 
 
 def enqueue(web: CheckedApp, **params: Any) -> dict[str, Any]:
-    response = web.post(f"/?url={HOOK}" + "".join(f"&{k}={v}" for k, v in params.items()),
-                        b"hello", headers={"Content-Type": "text/plain"}, status=201)
+    response = web.post(
+        f"/?url={HOOK}" + "".join(f"&{k}={v}" for k, v in params.items()),
+        b"hello",
+        headers={"Content-Type": "text/plain"},
+        status=201,
+    )
     assert response.headers["Location"].endswith(f"/tasks/{response.json['id']}")
     task: dict[str, Any] = response.json
     return task
@@ -140,10 +151,20 @@ def enqueue(web: CheckedApp, **params: Any) -> dict[str, Any]:
 def answer(store: Store, task_id: str) -> None:
     """What a worker would record: one attempt with a response."""
     [held] = transitions.acquire(store, [uuid.UUID(task_id)])
-    transitions.finish(store, held, AttemptResult(
-        method="POST", started=datetime.now(UTC), elapsed_ms=3, status_code=200,
-        reason="OK", headers={"Content-Type": "text/plain"}, body=b"\xff\x00"),
-        Verdict(Outcome.COMPLETE))
+    transitions.finish(
+        store,
+        held,
+        AttemptResult(
+            method="POST",
+            started=datetime.now(UTC),
+            elapsed_ms=3,
+            status_code=200,
+            reason="OK",
+            headers={"Content-Type": "text/plain"},
+            body=b"\xff\x00",
+        ),
+        Verdict(Outcome.COMPLETE),
+    )
 
 
 def enqueue_responses_conform(web: CheckedApp) -> None:
@@ -151,18 +172,17 @@ def enqueue_responses_conform(web: CheckedApp) -> None:
     again = web.post(f"/?url={HOOK}", headers={"Idempotency-Key": "k1"}, status=201)
     web.post(f"/?url={HOOK}", headers={"Idempotency-Key": "k1"}, status=200)
     assert again.headers["Link"]
-    web.post_json("/tasks", {"url": HOOK, "json": {"a": 1}, "cancel_notice": "never"},
-                  status=201)
-    batch = web.post_json("/tasks", [{"url": HOOK}, {"url": HOOK, "body_base64": "AA=="}],
-                          status=201)
+    web.post_json("/tasks", {"url": HOOK, "json": {"a": 1}, "cancel_notice": "never"}, status=201)
+    batch = web.post_json(
+        "/tasks", [{"url": HOOK}, {"url": HOOK, "body_base64": "AA=="}], status=201
+    )
     assert len(batch.json["tasks"]) == 2
     web.post_json("/tasks", [{"url": HOOK, "idempotency_key": "k1"}], status=200)
     web.post("/?url=ftp://x", status=400)
     web.post(f"/?url={HOOK}&colour=red", status=400)
     web.post_json("/tasks", [{"url": HOOK}, {"url": HOOK, "priority": 1}], status=400)
     web.post("/tasks", b"{}", headers={"Content-Type": "text/plain"}, status=415)
-    web.post(f"/?url={HOOK}", b"x" * (of(web.app.registry).settings.max_body_bytes + 1),
-             status=413)
+    web.post(f"/?url={HOOK}", b"x" * (of(web.app.registry).settings.max_body_bytes + 1), status=413)
     web.get(f"/tasks/{first['id']}", status=200)
 
 
@@ -199,8 +219,7 @@ def listing_and_service_routes_conform(web: CheckedApp) -> None:
     page = web.get("/tasks?limit=2&status=pending", status=200)
     assert page.headers["Link"].endswith('rel="next"')
     web.get(page.json["next"], status=200)
-    web.get("/tasks?created_after=2020-01-01T00:00:00Z&created_before=4102444800",
-            status=400)
+    web.get("/tasks?created_after=2020-01-01T00:00:00Z&created_before=4102444800", status=400)
     web.get("/tasks?limit=0", status=400)
     for path in ("/", "/stats", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
         web.get(path, status=200)
@@ -208,7 +227,8 @@ def listing_and_service_routes_conform(web: CheckedApp) -> None:
 
 
 def test_every_response_conforms_and_every_operation_is_exercised(
-        web: CheckedApp, store: Store, document: dict[str, Any]) -> None:
+    web: CheckedApp, store: Store, document: dict[str, Any]
+) -> None:
     enqueue_responses_conform(web)
     reading_and_managing_responses_conform(web, store)
     cancel_replay_and_delete_all_conform(web)
@@ -220,16 +240,19 @@ def test_every_response_conforms_and_every_operation_is_exercised(
 def _template(document: dict[str, Any], path: str) -> str:
     """The document's path template that ``path`` matches."""
     parts = path.split("/")
+    template: str
     for template in document["paths"]:
         pieces = template.split("/")
         if len(pieces) == len(parts) and all(
-                a == b or a.startswith("{") for a, b in zip(pieces, parts, strict=True)):
+            a == b or a.startswith("{") for a, b in zip(pieces, parts, strict=True)
+        ):
             return template
     return path
 
 
-def test_the_reference_page_names_every_operation(web: CheckedApp,
-                                                  document: dict[str, Any]) -> None:
+def test_the_reference_page_names_every_operation(
+    web: CheckedApp, document: dict[str, Any]
+) -> None:
     page = TestApp(web.app).get("/docs")
     assert page.content_type == "text/html"
     assert "<script" not in page.text

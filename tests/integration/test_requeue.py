@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -53,7 +53,9 @@ def set_due(engine: Engine, task_id: uuid.UUID, seconds_from_now: float) -> None
 
 def pushed(queue: redis.Redis, settings: Settings) -> list[uuid.UUID]:
     """Every id on the queue list, in order."""
-    return [uuid.UUID(raw.decode()) for raw in queue.lrange(settings.queue_key, 0, -1)]
+    # The client does not decode its replies, which redis-py's types cannot tell.
+    raws = cast(list[bytes], queue.lrange(settings.queue_key, 0, -1))
+    return [uuid.UUID(raw.decode()) for raw in raws]
 
 
 def drain(queue: redis.Redis, settings: Settings) -> list[uuid.UUID]:
@@ -201,7 +203,7 @@ def test_cleanup_deletes_old_finished_tasks_and_folds_quiet_counters_once_a_minu
     assert sweeper.round() is False
     with engine.connect() as conn:
         left = set(conn.execute(text("SELECT id FROM tasks")).scalars())
-        counts = dict(
+        counts: dict[str, int] = dict(
             conn.execute(
                 text("SELECT process, value FROM counters WHERE name = 'ntq_test_total'")
             ).all()

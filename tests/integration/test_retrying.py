@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from ntq.records import AttemptResult, NewTask, Verdict
+from ntq.records import AttemptResult, NewTask, Outcome, Verdict
 from ntq.store import db, enqueue, transitions
 from ntq.store.db import Store, make_engine, retrying, transaction
 
@@ -32,12 +32,18 @@ def _pooled_pid(engine: Engine) -> int:
 
 def _insert_app(tries: list[int]) -> Callable[[Connection], int]:
     """An atomic write that counts its tries."""
+
     def action(conn: Connection) -> int:
         tries.append(1)
         with transaction(conn):
-            conn.execute(text("INSERT INTO apps (id, name, signing_secret) "
-                              "VALUES (gen_random_uuid(), gen_random_uuid()::text, 's')"))
+            conn.execute(
+                text(
+                    "INSERT INTO apps (id, name, signing_secret) "
+                    "VALUES (gen_random_uuid(), gen_random_uuid()::text, 's')"
+                )
+            )
         return len(tries)
+
     return action
 
 
@@ -47,7 +53,8 @@ def _apps(engine: Engine) -> int:
 
 
 def test_a_transaction_on_a_terminated_connection_runs_again_on_a_fresh_one(
-        own: Engine, engine: Engine) -> None:
+    own: Engine, engine: Engine
+) -> None:
     assert retrying(own, _insert_app([])) == 1  # the pooled connection has written before
     pid = _pooled_pid(own)
     with engine.connect() as conn:
@@ -67,7 +74,8 @@ def _read_only_session(engine: Engine) -> int:
 
 
 def test_a_connection_that_finds_the_database_read_only_is_replaced(
-        own: Engine, engine: Engine) -> None:
+    own: Engine, engine: Engine
+) -> None:
     pid = _read_only_session(own)
     tries: list[int] = []
     assert retrying(own, _insert_app(tries)) == 2
@@ -75,8 +83,7 @@ def test_a_connection_that_finds_the_database_read_only_is_replaced(
     assert _pooled_pid(own) != pid
 
 
-def test_the_readiness_check_refuses_a_read_only_session_and_discards_it(
-        own: Engine) -> None:
+def test_the_readiness_check_refuses_a_read_only_session_and_discards_it(own: Engine) -> None:
     pid = _read_only_session(own)
     with pytest.raises(DBAPIError) as refused, own.connect() as conn:
         db.check_writable(conn)
@@ -96,8 +103,9 @@ def one(migrated: str, clean: None) -> Iterator[Store]:
 
 def _due_task(engine: Engine, callback: str | None = None) -> uuid.UUID:
     with engine.begin() as conn:
-        task, _ = enqueue.insert_task(conn, NewTask(url="https://example.com/hook",
-                                                    callback=callback), None)
+        task, _ = enqueue.insert_task(
+            conn, NewTask(url="https://example.com/hook", callback=callback), None
+        )
     return task.id
 
 
@@ -109,12 +117,12 @@ def _terminate(store: Store, engine: Engine) -> int:
 
 
 def _ok() -> AttemptResult:
-    return AttemptResult(method="POST", started=datetime.now(UTC), elapsed_ms=1,
-                         status_code=200)
+    return AttemptResult(method="POST", started=datetime.now(UTC), elapsed_ms=1, status_code=200)
 
 
 def test_the_workers_store_functions_survive_a_terminated_connection(
-        one: Store, engine: Engine) -> None:
+    one: Store, engine: Engine
+) -> None:
     """Acquire and finish (with the callback's transaction) run again on a fresh
     connection: their callers see one success."""
     task_id = _due_task(engine, callback="https://example.com/cb")
@@ -122,7 +130,7 @@ def test_the_workers_store_functions_survive_a_terminated_connection(
     pid = _terminate(one, engine)
     (held,) = transitions.acquire(one, [task_id])
     _terminate(one, engine)
-    done = transitions.finish(one, held, _ok(), Verdict("complete"))
+    done = transitions.finish(one, held, _ok(), Verdict(Outcome.COMPLETE))
     assert (done.status, done.callback_id is not None) == ("COMPLETED", True)
     assert _pooled_pid(one.engine) != pid
     with engine.connect() as conn:
@@ -130,16 +138,17 @@ def test_the_workers_store_functions_survive_a_terminated_connection(
 
 
 def test_a_prepared_statement_lost_inside_the_finish_transaction_is_prepared_again(
-        one: Store, engine: Engine) -> None:
+    one: Store, engine: Engine
+) -> None:
     """With callbacks the finish is a transaction, which the failed EXECUTE aborts: the
     store runs it again, and the statement is prepared anew."""
     first, second = _due_task(engine), _due_task(engine, callback="https://example.com/cb")
     (held,) = transitions.acquire(one, [first])
-    transitions.finish(one, held, _ok(), Verdict("complete"))  # prepared on the connection
+    transitions.finish(one, held, _ok(), Verdict(Outcome.COMPLETE))  # prepared on the connection
     with one.engine.connect() as conn:
         conn.exec_driver_sql("DEALLOCATE ALL")
     (held,) = transitions.acquire(one, [second])
-    done = transitions.finish(one, held, _ok(), Verdict("complete"))
+    done = transitions.finish(one, held, _ok(), Verdict(Outcome.COMPLETE))
     assert done.status == "COMPLETED"
     assert done.callback_id is not None
 

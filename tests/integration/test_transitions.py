@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from ntq.config import Settings
-from ntq.records import Acquired, AttemptResult, NewTask, TaskView, Verdict
+from ntq.records import Acquired, AttemptResult, NewTask, Outcome, TaskView, Verdict
 from ntq.store import enqueue, transitions
 from ntq.store.apps import Credentials
 from ntq.store.db import Store
@@ -23,8 +23,9 @@ HOOK = "https://example.com/hook"
 
 def put(engine: Engine, creds: Credentials | None, **fields: Any) -> TaskView:
     with engine.begin() as conn:
-        task, created = enqueue.insert_task(conn, NewTask(url=HOOK, **fields),
-                                            creds.app_id if creds else None)
+        task, created = enqueue.insert_task(
+            conn, NewTask(url=HOOK, **fields), creds.app_id if creds else None
+        )
     assert created
     return task
 
@@ -35,9 +36,13 @@ def take(store: Store, *ids: uuid.UUID) -> list[Acquired]:
 
 def row(engine: Engine, task_id: uuid.UUID) -> Any:
     with engine.begin() as conn:
-        found = conn.execute(text(
-            "SELECT status, retry_count, due, last_status_code, last_error, now() AS now "
-            "FROM tasks WHERE id = :id"), {"id": task_id}).first()
+        found = conn.execute(
+            text(
+                "SELECT status, retry_count, due, last_status_code, last_error, now() AS now "
+                "FROM tasks WHERE id = :id"
+            ),
+            {"id": task_id},
+        ).first()
     assert found is not None
     return found
 
@@ -45,22 +50,27 @@ def row(engine: Engine, task_id: uuid.UUID) -> Any:
 def expire_lease(engine: Engine, task_id: uuid.UUID) -> None:
     """What time does to a lease whose worker died: the task is due again."""
     with engine.begin() as conn:
-        conn.execute(text("UPDATE tasks SET due = now() - interval '1 second' WHERE id = :id"),
-                     {"id": task_id})
+        conn.execute(
+            text("UPDATE tasks SET due = now() - interval '1 second' WHERE id = :id"),
+            {"id": task_id},
+        )
 
 
 def result(code: int | None = 200, error: str | None = None) -> AttemptResult:
-    return AttemptResult(method="POST", started=datetime.now(UTC), elapsed_ms=3,
-                         status_code=code, error=error)
+    return AttemptResult(
+        method="POST", started=datetime.now(UTC), elapsed_ms=3, status_code=code, error=error
+    )
 
 
-def finish(store: Store, held: Acquired, verdict: Verdict,
-           outcome: AttemptResult | None = None) -> None:
+def finish(
+    store: Store, held: Acquired, verdict: Verdict, outcome: AttemptResult | None = None
+) -> None:
     transitions.finish(store, held, outcome or result(), verdict)
 
 
 def test_acquire_counts_the_attempt_and_leases_past_timeout_plus_grace(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     task = put(engine, creds, timeout=30)
     (held,) = take(store, task.id)
     assert held.id == task.id
@@ -74,7 +84,8 @@ def test_acquire_counts_the_attempt_and_leases_past_timeout_plus_grace(
 
 
 def test_a_second_acquire_of_the_same_task_gets_nothing(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     task = put(engine, creds)
     assert len(take(store, task.id)) == 1
     assert take(store, task.id) == []
@@ -82,7 +93,8 @@ def test_a_second_acquire_of_the_same_task_gets_nothing(
 
 
 def test_an_expired_lease_lets_the_next_attempt_start(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     task = put(engine, creds)
     take(store, task.id)
     expire_lease(engine, task.id)
@@ -91,10 +103,11 @@ def test_an_expired_lease_lets_the_next_attempt_start(
 
 
 def test_acquire_skips_delayed_finished_cancelled_and_unknown_tasks(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     delayed = put(engine, creds, delay=60)
     done = put(engine, creds)
-    finish(store, take(store, done.id)[0], Verdict("complete"))
+    finish(store, take(store, done.id)[0], Verdict(Outcome.COMPLETE))
     cancelled = put(engine, creds)
     with engine.begin() as conn:
         assert transitions.cancel(conn, cancelled.id, creds.app_id) is not None
@@ -105,11 +118,14 @@ def test_acquire_skips_delayed_finished_cancelled_and_unknown_tasks(
     assert row(engine, delayed.id).retry_count == 0
     assert (row(engine, done.id).status, row(engine, done.id).retry_count) == ("COMPLETED", 1)
     assert (row(engine, cancelled.id).status, row(engine, cancelled.id).retry_count) == (
-        "CANCELLED", 0)
+        "CANCELLED",
+        0,
+    )
 
 
 def test_concurrent_acquires_never_share_a_task(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     """nTorque let two workers acquire the same attempt."""
     ids = [put(engine, creds).id for _ in range(100)]
     gate = threading.Barrier(4)
@@ -128,13 +144,17 @@ def test_concurrent_acquires_never_share_a_task(
     assert sorted(everything) == sorted(ids)  # each exactly once, none lost
 
 
-@pytest.mark.parametrize(("verdict", "status"), [
-    (Verdict("complete"), "COMPLETED"),
-    (Verdict("fail", error="HTTP 404 Not Found"), "FAILED"),
-    (Verdict("retry", error="HTTP 503", delay=30), "PENDING"),
-])
-def test_finish_applies_the_verdict(store: Store, engine: Engine, creds: Credentials,
-                                    verdict: Verdict, status: str) -> None:
+@pytest.mark.parametrize(
+    ("verdict", "status"),
+    [
+        (Verdict(Outcome.COMPLETE), "COMPLETED"),
+        (Verdict(Outcome.FAIL, error="HTTP 404 Not Found"), "FAILED"),
+        (Verdict(Outcome.RETRY, error="HTTP 503", delay=30), "PENDING"),
+    ],
+)
+def test_finish_applies_the_verdict(
+    store: Store, engine: Engine, creds: Credentials, verdict: Verdict, status: str
+) -> None:
     task = put(engine, creds)
     (held,) = take(store, task.id)
     finish(store, held, verdict, result(503 if status == "PENDING" else 200))
@@ -150,54 +170,71 @@ def test_finish_applies_the_verdict(store: Store, engine: Engine, creds: Credent
 
 
 def test_finish_of_a_stale_attempt_changes_nothing(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     task = put(engine, creds)
     (first,) = take(store, task.id)
     expire_lease(engine, task.id)
     (second,) = take(store, task.id)
 
-    finish(store, first, Verdict("fail", error="stale"), result(404))
+    finish(store, first, Verdict(Outcome.FAIL, error="stale"), result(404))
     stored = row(engine, task.id)
     assert (stored.status, stored.retry_count, stored.last_error) == ("PENDING", 2, None)
 
-    finish(store, second, Verdict("complete"))
+    finish(store, second, Verdict(Outcome.COMPLETE))
     assert row(engine, task.id).status == "COMPLETED"
 
-    finish(store, first, Verdict("retry", error="late", delay=0), result(500))
+    finish(store, first, Verdict(Outcome.RETRY, error="late", delay=0), result(500))
     stored = row(engine, task.id)
     assert (stored.status, stored.last_error) == ("COMPLETED", None)
 
 
 def test_a_stale_and_the_current_attempt_finishing_in_one_batch(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     """Outcomes are matched by task and attempt number: the stale one is recorded as
     such, even beside its task's current attempt."""
     task = put(engine, creds)
     (first,) = take(store, task.id)
     expire_lease(engine, task.id)
     (second,) = take(store, task.id)
-    done = transitions.finish_many(store, [(first, result(200), Verdict("complete")),
-                                           (second, result(500), Verdict("fail", error="x"))])
+    done = transitions.finish_many(
+        store,
+        [
+            (first, result(200), Verdict(Outcome.COMPLETE)),
+            (second, result(500), Verdict(Outcome.FAIL, error="x")),
+        ],
+    )
     assert [(d.status, d.outcome) for d in done] == [(None, "stale"), ("FAILED", "fail")]
     with engine.begin() as conn:
-        recorded = conn.execute(text(
-            "SELECT number, outcome FROM attempts WHERE task_id = :id ORDER BY number"),
-            {"id": task.id})
+        recorded = conn.execute(
+            text("SELECT number, outcome FROM attempts WHERE task_id = :id ORDER BY number"),
+            {"id": task.id},
+        )
         assert [tuple(r) for r in recorded] == [(1, "stale"), (2, "fail")]
     assert row(engine, task.id).status == "FAILED"
 
 
 def test_nul_characters_from_a_hook_do_not_stop_outcomes_being_recorded(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     """PostgreSQL's text refuses NUL: a hostile hook's reason or headers must not make its
     outcome, or the rest of its batch, unrecordable."""
     hostile, other = put(engine, creds), put(engine, creds)
     (held,) = take(store, hostile.id)
     (fine,) = take(store, other.id)
-    answer = AttemptResult(method="POST", started=datetime.now(UTC), elapsed_ms=1,
-                           status_code=200, reason="O\x00K", headers={"X-\x00": "a\x00b"})
-    transitions.finish_many(store, [(held, answer, Verdict("complete")),
-                                    (fine, result(200), Verdict("complete"))])
+    answer = AttemptResult(
+        method="POST",
+        started=datetime.now(UTC),
+        elapsed_ms=1,
+        status_code=200,
+        reason="O\x00K",
+        headers={"X-\x00": "a\x00b"},
+    )
+    transitions.finish_many(
+        store,
+        [(held, answer, Verdict(Outcome.COMPLETE)), (fine, result(200), Verdict(Outcome.COMPLETE))],
+    )
     assert row(engine, hostile.id).status == "COMPLETED"
     assert row(engine, other.id).status == "COMPLETED"
     with engine.begin() as conn:
@@ -206,23 +243,25 @@ def test_nul_characters_from_a_hook_do_not_stop_outcomes_being_recorded(
 
 
 def test_cancel_then_finish_changes_nothing(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     task = put(engine, creds)
     (held,) = take(store, task.id)
     with engine.begin() as conn:
         assert transitions.cancel(conn, task.id, creds.app_id) is not None
-    finish(store, held, Verdict("complete"))
+    finish(store, held, Verdict(Outcome.COMPLETE))
     assert row(engine, task.id).status == "CANCELLED"
-    finish(store, held, Verdict("retry", error="HTTP 500", delay=0), result(500))
+    finish(store, held, Verdict(Outcome.RETRY, error="HTTP 500", delay=0), result(500))
     take(store, task.id)  # at most its DELETE notice: never another attempt
     stored = row(engine, task.id)
     assert (stored.status, stored.retry_count) == ("CANCELLED", 1)
 
 
 def test_terminal_tasks_cannot_be_cancelled(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     task = put(engine, creds)
-    finish(store, take(store, task.id)[0], Verdict("complete"))
+    finish(store, take(store, task.id)[0], Verdict(Outcome.COMPLETE))
     with engine.begin() as conn:
         assert transitions.cancel(conn, task.id, creds.app_id) is None
         assert transitions.replay(conn, task.id, creds.app_id) is None  # only FAILED/CANCELLED
@@ -230,7 +269,8 @@ def test_terminal_tasks_cannot_be_cancelled(
 
 
 def test_another_application_cannot_cancel_or_read_the_task(
-        engine: Engine, creds: Credentials) -> None:
+    engine: Engine, creds: Credentials
+) -> None:
     task = put(engine, creds)
     with engine.begin() as conn:
         assert transitions.get(conn, task.id, uuid.uuid4()) is None
@@ -239,10 +279,9 @@ def test_another_application_cannot_cancel_or_read_the_task(
     assert row(engine, task.id).status == "PENDING"
 
 
-def test_replay_renews_a_failed_task(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+def test_replay_renews_a_failed_task(store: Store, engine: Engine, creds: Credentials) -> None:
     task = put(engine, creds, max_retries=0)
-    finish(store, take(store, task.id)[0], Verdict("fail", error="HTTP 500"), result(500))
+    finish(store, take(store, task.id)[0], Verdict(Outcome.FAIL, error="HTTP 500"), result(500))
     with engine.begin() as conn:
         replayed = transitions.replay(conn, task.id, creds.app_id)
     assert replayed is not None
@@ -252,21 +291,23 @@ def test_replay_renews_a_failed_task(
 
 
 def test_overdue_returns_oldest_first_and_only_due_pending_tasks(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     now = datetime.now(UTC)
     newest = put(engine, creds, not_before=now - timedelta(seconds=10))
     oldest = put(engine, creds, not_before=now - timedelta(seconds=30))
     middle = put(engine, creds, not_before=now - timedelta(seconds=20))
     put(engine, creds, delay=60)  # not due
     done = put(engine, creds, not_before=now - timedelta(seconds=40))
-    finish(store, take(store, done.id)[0], Verdict("complete"))
+    finish(store, take(store, done.id)[0], Verdict(Outcome.COMPLETE))
     with engine.begin() as conn:
         found = transitions.overdue(conn, 10)
     assert [task_id for _, task_id in found] == [oldest.id, middle.id, newest.id]
 
 
 def test_overdue_cursor_continues_a_sweep_without_skipping_ties(
-        engine: Engine, creds: Credentials) -> None:
+    engine: Engine, creds: Credentials
+) -> None:
     past = datetime.now(UTC) - timedelta(seconds=5)
     ids = [put(engine, creds, not_before=past).id for _ in range(5)]  # the same due
     ids += [put(engine, creds, not_before=past + timedelta(seconds=1)).id for _ in range(2)]
@@ -283,21 +324,27 @@ def test_overdue_cursor_continues_a_sweep_without_skipping_ties(
     assert len(swept) == len(set(swept))
 
 
-def test_cleanup_removes_only_old_finished_tasks(engine: Engine, creds: Credentials,
-                                                 settings: Settings) -> None:
+def test_cleanup_removes_only_old_finished_tasks(
+    engine: Engine, creds: Credentials, settings: Settings
+) -> None:
     """nTorque's cleanup deleted PENDING tasks."""
     old: dict[str, uuid.UUID] = {}
     for status in ("PENDING", "COMPLETED", "FAILED", "CANCELLED"):
         old[status] = put(engine, creds).id
     recent_done = put(engine, creds).id
     with engine.begin() as conn:
-        conn.execute(text("UPDATE tasks SET status = :s WHERE id = :id"),
-                     [{"s": s, "id": i} for s, i in old.items()]
-                     + [{"s": "COMPLETED", "id": recent_done}])
-        conn.execute(text("UPDATE tasks SET modified = now() - interval '8 days', "
-                          "created = now() - interval '9 days', "
-                          "due = now() - interval '8 days' WHERE id = ANY(:ids)"),
-                     {"ids": list(old.values())})
+        conn.execute(
+            text("UPDATE tasks SET status = :s WHERE id = :id"),
+            [{"s": s, "id": i} for s, i in old.items()] + [{"s": "COMPLETED", "id": recent_done}],
+        )
+        conn.execute(
+            text(
+                "UPDATE tasks SET modified = now() - interval '8 days', "
+                "created = now() - interval '9 days', "
+                "due = now() - interval '8 days' WHERE id = ANY(:ids)"
+            ),
+            {"ids": list(old.values())},
+        )
     with engine.begin() as conn:
         deleted = transitions.cleanup(conn, settings.cleanup_after_days)
     with engine.begin() as conn:
@@ -306,13 +353,12 @@ def test_cleanup_removes_only_old_finished_tasks(engine: Engine, creds: Credenti
     assert left == {old["PENDING"], recent_done}
 
 
-def test_same_idempotency_key_returns_the_existing_task(
-        engine: Engine, creds: Credentials) -> None:
+def test_same_idempotency_key_returns_the_existing_task(engine: Engine, creds: Credentials) -> None:
     first = put(engine, creds, idempotency_key="order-42")
     with engine.begin() as conn:
-        again, created = enqueue.insert_task(conn, NewTask(url=HOOK + "/other",
-                                                           idempotency_key="order-42"),
-                                             creds.app_id)
+        again, created = enqueue.insert_task(
+            conn, NewTask(url=HOOK + "/other", idempotency_key="order-42"), creds.app_id
+        )
     assert not created
     assert again.id == first.id
     assert again.url == HOOK
@@ -329,7 +375,8 @@ def test_idempotency_keys_are_per_application(engine: Engine, creds: Credentials
 
 
 def test_concurrent_duplicates_of_an_idempotency_key_make_one_task(
-        engine: Engine, creds: Credentials) -> None:
+    engine: Engine, creds: Credentials
+) -> None:
     gate = threading.Barrier(6)
     outcomes: list[tuple[uuid.UUID, bool]] = []
 
@@ -337,7 +384,8 @@ def test_concurrent_duplicates_of_an_idempotency_key_make_one_task(
         gate.wait()
         with engine.begin() as conn:
             task, created = enqueue.insert_task(
-                conn, NewTask(url=HOOK, idempotency_key="race"), creds.app_id)
+                conn, NewTask(url=HOOK, idempotency_key="race"), creds.app_id
+            )
         outcomes.append((task.id, created))
 
     threads = [threading.Thread(target=submit) for _ in range(6)]
@@ -351,7 +399,8 @@ def test_concurrent_duplicates_of_an_idempotency_key_make_one_task(
 
 
 def test_an_attempt_from_before_a_replay_cannot_finish_the_replayed_task(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     """Cancel and replay reset the attempt counter; the attempt's identity is never reused."""
     task = put(engine, creds)
     (before,) = take(store, task.id)
@@ -361,8 +410,8 @@ def test_an_attempt_from_before_a_replay_cannot_finish_the_replayed_task(
     (replayed,) = take(store, task.id)
     assert replayed.retry_count == before.retry_count == 1
     assert replayed.attempt_id != before.attempt_id
-    finish(store, replayed, Verdict("retry", error="HTTP 503", delay=60), result(503))
-    done = transitions.finish(store, before, result(200), Verdict("complete"))
+    finish(store, replayed, Verdict(Outcome.RETRY, error="HTTP 503", delay=60), result(503))
+    done = transitions.finish(store, before, result(200), Verdict(Outcome.COMPLETE))
     assert done.status is None
     stored = row(engine, task.id)
     assert (stored.status, stored.last_status_code) == ("PENDING", 503)
@@ -371,25 +420,35 @@ def test_an_attempt_from_before_a_replay_cannot_finish_the_replayed_task(
 def owed(engine: Engine, task_id: uuid.UUID) -> tuple[bool, bool]:
     """(``notice_owed``, 0001's ``cancel_notice``) of the task."""
     with engine.begin() as conn:
-        found = conn.execute(text("SELECT notice_owed, cancel_notice FROM tasks WHERE id = :id"),
-                             {"id": task_id}).one()
+        found = conn.execute(
+            text("SELECT notice_owed, cancel_notice FROM tasks WHERE id = :id"), {"id": task_id}
+        ).one()
     return found.notice_owed, found.cancel_notice
 
 
 def test_the_previous_versions_writes_still_work_after_migration_0002(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     """Expand only: the previous version's insert, cancel and notice statements (on 0001's
     ``cancel_notice``) run beside this version's, and a notice is owed in both columns
     alike, whichever version cancelled or sent it: sent once, by either."""
     old_id = uuid.uuid4()
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO tasks (id, app_id, status, url, method, headers, body, timeout, "
-            "retry_count, max_retries, backoff, cancel_notice) VALUES (:id, :app, 'PENDING', "
-            ":url, 'POST', '{}', '', 60, 0, 3, 'linear', false)"),
-            {"id": old_id, "app": creds.app_id, "url": HOOK})
-        conn.execute(text("UPDATE tasks SET status = 'CANCELLED', cancel_notice = true, "
-                          "due = now() WHERE id = :id"), {"id": old_id})
+        conn.execute(
+            text(
+                "INSERT INTO tasks (id, app_id, status, url, method, headers, body, timeout, "
+                "retry_count, max_retries, backoff, cancel_notice) VALUES (:id, :app, 'PENDING', "
+                ":url, 'POST', '{}', '', 60, 0, 3, 'linear', false)"
+            ),
+            {"id": old_id, "app": creds.app_id, "url": HOOK},
+        )
+        conn.execute(
+            text(
+                "UPDATE tasks SET status = 'CANCELLED', cancel_notice = true, "
+                "due = now() WHERE id = :id"
+            ),
+            {"id": old_id},
+        )
         view = transitions.get(conn, old_id, creds.app_id)
     assert view is not None
     assert view.cancel_notice == "started"
@@ -405,13 +464,16 @@ def test_the_previous_versions_writes_still_work_after_migration_0002(
         assert transitions.cancel(conn, new.id, creds.app_id) is not None
     assert owed(engine, new.id) == (True, True)
     with engine.begin() as conn:
-        conn.execute(text("UPDATE tasks SET cancel_notice = false WHERE id = :id "
-                          "AND cancel_notice"), {"id": new.id})
+        conn.execute(
+            text("UPDATE tasks SET cancel_notice = false WHERE id = :id AND cancel_notice"),
+            {"id": new.id},
+        )
     assert owed(engine, new.id) == (False, False)
 
 
 def test_an_attempt_finishing_while_its_task_is_deleted_records_nothing_and_fails_nothing(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     """The outcome waits for the concurrent ``DELETE /`` and then finds its task gone: the
     batch succeeds without it (it does not fail on the attempts' foreign key)."""
     task = put(engine, creds, cancel_notice="never")
@@ -420,7 +482,7 @@ def test_an_attempt_finishing_while_its_task_is_deleted_records_nothing_and_fail
 
     def finish_meanwhile() -> None:
         try:
-            finish(store, held, Verdict("complete"))
+            finish(store, held, Verdict(Outcome.COMPLETE))
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
@@ -441,20 +503,33 @@ def test_an_attempt_finishing_while_its_task_is_deleted_records_nothing_and_fail
 def writers(engine: Engine, task_id: uuid.UUID) -> set[str]:
     """The ids of the transactions that last wrote the task's row and its attempts'."""
     with engine.begin() as conn:
-        return {str(x) for x in conn.execute(text(
-            "SELECT xmin FROM tasks WHERE id = :id "
-            "UNION SELECT xmin FROM attempts WHERE task_id = :id"), {"id": task_id}).scalars()}
+        return {
+            str(x)
+            for x in conn.execute(
+                text(
+                    "SELECT xmin FROM tasks WHERE id = :id "
+                    "UNION SELECT xmin FROM attempts WHERE task_id = :id"
+                ),
+                {"id": task_id},
+            ).scalars()
+        }
 
 
 def test_a_finish_that_creates_a_callback_is_one_transaction(
-        store: Store, engine: Engine, creds: Credentials) -> None:
+    store: Store, engine: Engine, creds: Credentials
+) -> None:
     """The verdict, the attempt's record and the callback task commit together."""
     task = put(engine, creds, callback="https://cb.example/done")
     plain = put(engine, creds)
     (held,) = take(store, task.id)
     (other,) = take(store, plain.id)
-    done, alone = transitions.finish_many(store, [(held, result(200), Verdict("complete")),
-                                                  (other, result(200), Verdict("complete"))])
+    done, alone = transitions.finish_many(
+        store,
+        [
+            (held, result(200), Verdict(Outcome.COMPLETE)),
+            (other, result(200), Verdict(Outcome.COMPLETE)),
+        ],
+    )
     assert (done.status, done.outcome) == ("COMPLETED", "complete")
     assert done.callback_id is not None
     assert alone.callback_id is None
@@ -462,13 +537,15 @@ def test_a_finish_that_creates_a_callback_is_one_transaction(
         callback = transitions.get(conn, done.callback_id, creds.app_id)
     assert callback is not None
     assert (callback.url, callback.callback_of) == ("https://cb.example/done", task.id)
-    written = (writers(engine, task.id) | writers(engine, plain.id)
-               | writers(engine, done.callback_id))
+    written = (
+        writers(engine, task.id) | writers(engine, plain.id) | writers(engine, done.callback_id)
+    )
     assert len(written) == 1
 
 
 def test_a_cancel_creates_the_callback_in_its_transaction(
-        engine: Engine, creds: Credentials) -> None:
+    engine: Engine, creds: Credentials
+) -> None:
     task = put(engine, creds, callback="https://cb.example/done", cancel_notice="always")
     with engine.begin() as conn:
         cancelled = transitions.cancel(conn, task.id, creds.app_id)
@@ -479,5 +556,7 @@ def test_a_cancel_creates_the_callback_in_its_transaction(
     assert writers(engine, task.id) == writers(engine, cancelled.callback_id)
     plain = put(engine, creds, cancel_notice="never")
     with engine.begin() as conn:
-        assert transitions.cancel(conn, plain.id, creds.app_id) == transitions.Cancelled(
-            transitions.get(conn, plain.id, creds.app_id), False, None)
+        quiet = transitions.cancel(conn, plain.id, creds.app_id)
+        view = transitions.get(conn, plain.id, creds.app_id)
+        assert view is not None
+        assert quiet == transitions.Cancelled(view, False, None)

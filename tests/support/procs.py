@@ -31,8 +31,13 @@ class Proc:
 
     def start(self) -> Proc:
         with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(self.argv, env=self.env, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -91,8 +96,9 @@ class Stack:
 
     def spawn(self, *args: str, **env: str) -> Proc:
         name = f"{args[0]}-{len(self.procs)}.log"
-        proc = Proc([sys.executable, "-m", "ntq", *args], {**self.env, **env},
-                    self.logdir / name).start()
+        proc = Proc(
+            [sys.executable, "-m", "ntq", *args], {**self.env, **env}, self.logdir / name
+        ).start()
         self.procs.append(proc)
         return proc
 
@@ -162,9 +168,22 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [str(redis_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(redis_binary()),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -189,13 +208,20 @@ class Api:
         if key:
             self.http.headers["Authorization"] = f"Bearer {key}"
 
-    def enqueue(self, url: str, body: bytes = b"", content_type: str | None = None,
-                headers: dict[str, str] | None = None, **params: Any) -> requests.Response:
+    def enqueue(
+        self,
+        url: str,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+        **params: Any,
+    ) -> requests.Response:
         sent = dict(headers or {})
         if content_type:
             sent["Content-Type"] = content_type
-        return self.http.post(self.base + "/", params={"url": url, **params}, data=body,
-                              headers=sent, timeout=10)
+        return self.http.post(
+            self.base + "/", params={"url": url, **params}, data=body, headers=sent, timeout=10
+        )
 
     def task(self, task_id: str) -> dict[str, Any]:
         response = self.http.get(f"{self.base}/tasks/{task_id}", timeout=10)

@@ -41,8 +41,11 @@ def metrics(base: str) -> Samples:
 
 def counters(samples: Samples) -> Samples:
     """The samples that must never decrease: counters and the histogram's."""
-    return {name: value for name, value in samples.items()
-            if name.split("{")[0].endswith(("_total", "_bucket", "_count", "_sum"))}
+    return {
+        name: value
+        for name, value in samples.items()
+        if name.split("{")[0].endswith(("_total", "_bucket", "_count", "_sum"))
+    }
 
 
 def wait_metrics(base: str, done: Callable[[Samples], bool], timeout: float = 15) -> Samples:
@@ -59,9 +62,13 @@ def promtool_check(text: str) -> None:
     """``promtool check metrics`` must accept ``text`` without a complaint."""
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (Debian's prometheus package; .ci/run "
-                    "installs it)")
-    done = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
-                          capture_output=True, timeout=30, check=False)
+        pytest.skip("promtool is not installed (Debian's prometheus package; .ci/run installs it)")
+    done = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text.encode(),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     report = (done.stdout + done.stderr).decode()
     assert (done.returncode, report.strip()) == (0, ""), f"promtool: {report}\n{text}"

@@ -74,8 +74,9 @@ def count_tasks(engine: Engine, app_id: uuid.UUID, status: str | None = None) ->
 def statuses(engine: Engine) -> dict[str, Any]:
     """status -> number of tasks, over every application."""
     with engine.begin() as conn:
-        return dict(conn.execute(text("SELECT status, count(*) FROM tasks GROUP BY status"))
-                    .tuples().all())
+        return dict(
+            conn.execute(text("SELECT status, count(*) FROM tasks GROUP BY status")).tuples().all()
+        )
 
 
 def new_app(stack: Stack, engine: Engine, name: str) -> tuple[Api, Credentials]:

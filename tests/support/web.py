@@ -19,8 +19,13 @@ def call(client: TestApp, method: str, path: str, **kwargs: Any) -> TestResponse
     return client.request(path, method=method, expect_errors=True, **kwargs)
 
 
-def enqueue(client: TestApp, url: str, body: bytes = b"payload",
-            headers: dict[str, str] | None = None, **params: Any) -> TestResponse:
+def enqueue(
+    client: TestApp,
+    url: str,
+    body: bytes = b"payload",
+    headers: dict[str, str] | None = None,
+    **params: Any,
+) -> TestResponse:
     """``POST /`` in the pass-through form (``text/plain``), whatever the status."""
     sent = {"Content-Type": "text/plain", **(headers or {})}
     return client.post(query("/", url=url, **params), body, headers=sent, expect_errors=True)
@@ -34,8 +39,9 @@ def enqueued(client: TestApp, url: str, body: bytes = b"payload", **params: Any)
     return task_id
 
 
-def assert_error(response: TestResponse, status: int | tuple[int, ...],
-                 code: str | None = None) -> dict[str, Any]:
+def assert_error(
+    response: TestResponse, status: int | tuple[int, ...], code: str | None = None
+) -> dict[str, Any]:
     """A JSON ``{"error": {"code", "message"}}`` answer with ``status`` (or one of them)."""
     allowed = status if isinstance(status, tuple) else (status,)
     assert response.status_int in allowed, (response.status, response.text[:500])

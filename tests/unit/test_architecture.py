@@ -14,12 +14,26 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # Each part of ntq and its height: a part may import only parts lower than itself (and
 # itself). The building blocks at the bottom import nothing of ntq but each other's lower ones.
 RANKS = {
-    "records": 0, "config": 0, "logs": 0, "green": 0, "signing": 0, "backoff": 0,
-    "serialize": 1, "urlsafety": 1,
-    "store": 2, "embedded": 2,
-    "metrics": 3, "notify": 4, "delivery": 4,
-    "worker": 5, "requeue": 5,
-    "web": 6, "bench": 7, "cli": 8, "__main__": 9, "__init__": 0,
+    "records": 0,
+    "config": 0,
+    "logs": 0,
+    "green": 0,
+    "signing": 0,
+    "backoff": 0,
+    "serialize": 1,
+    "urlsafety": 1,
+    "store": 2,
+    "embedded": 2,
+    "metrics": 3,
+    "notify": 4,
+    "delivery": 4,
+    "worker": 5,
+    "requeue": 5,
+    "web": 6,
+    "bench": 7,
+    "cli": 8,
+    "__main__": 9,
+    "__init__": 0,
 }
 
 
@@ -51,8 +65,10 @@ def part(module: str) -> str:
 
 def graph() -> dict[str, set[str]]:
     paths = {module_name(path): path for path in SRC.glob("ntq/**/*.py")}
-    return {module: {resolve(name, set(paths)) for name in imported(path)} - {module}
-            for module, path in paths.items()}
+    return {
+        module: {resolve(name, set(paths)) for name in imported(path)} - {module}
+        for module, path in paths.items()
+    }
 
 
 def test_every_part_has_a_rank() -> None:
@@ -61,8 +77,11 @@ def test_every_part_has_a_rank() -> None:
 
 @pytest.mark.parametrize(("module", "targets"), sorted(graph().items()))
 def test_imports_point_down(module: str, targets: set[str]) -> None:
-    upward = {target for target in targets if part(target) != part(module)
-              and RANKS[part(target)] >= RANKS[part(module)]}
+    upward = {
+        target
+        for target in targets
+        if part(target) != part(module) and RANKS[part(target)] >= RANKS[part(module)]
+    }
     assert not upward, f"{module} imports {sorted(upward)} from its own level or above"
 
 
@@ -71,7 +90,7 @@ def test_no_import_cycles() -> None:
     done: set[str] = set()
 
     def visit(module: str, path: tuple[str, ...]) -> None:
-        assert module not in path, " -> ".join((*path[path.index(module):], module))
+        assert module not in path, " -> ".join((*path[path.index(module) :], module))
         if module not in done:
             for target in edges[module]:
                 visit(target, (*path, module))

@@ -47,9 +47,14 @@ def test_zero_minimum_means_retry_at_once() -> None:
     assert Backoff("exponential", 0, 10).delay(5) == 0
 
 
-@pytest.mark.parametrize(("kind", "low", "high"), [
-    ("fibonacci", 2, 10), ("exponential", -1, 10), ("linear", 10, 2),
-])
+@pytest.mark.parametrize(
+    ("kind", "low", "high"),
+    [
+        ("fibonacci", 2, 10),
+        ("exponential", -1, 10),
+        ("linear", 10, 2),
+    ],
+)
 def test_invalid_policies_are_refused(kind: str, low: float, high: float) -> None:
     with pytest.raises(ValueError, match=r"."):
         Backoff(kind, low, high)

@@ -24,7 +24,8 @@ def test_samples_are_counted_per_stack_without_process_entries(tmp_path: Path) -
 
 
 def test_summary_splits_innermost_frames_by_package_and_counts_callers_inclusively(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "p.txt"
     path.write_text(STACKS)
     text = summarize(path)

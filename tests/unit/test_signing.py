@@ -25,14 +25,19 @@ BINARY = bytes(range(256)) + b"\xff\xfe\x00\x80"
 
 
 def test_signature_matches_the_published_vector() -> None:
-    assert signing.signature(VECTOR_SECRET, VECTOR_ID, VECTOR_TIMESTAMP,
-                             VECTOR_BODY) == VECTOR_SIGNATURE
+    assert (
+        signing.signature(VECTOR_SECRET, VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY)
+        == VECTOR_SIGNATURE
+    )
 
 
 def test_headers_carry_id_timestamp_and_signature() -> None:
     headers = signing.headers(VECTOR_SECRET, VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY)
-    assert headers == {"webhook-id": VECTOR_ID, "webhook-timestamp": str(VECTOR_TIMESTAMP),
-                       "webhook-signature": VECTOR_SIGNATURE}
+    assert headers == {
+        "webhook-id": VECTOR_ID,
+        "webhook-timestamp": str(VECTOR_TIMESTAMP),
+        "webhook-signature": VECTOR_SIGNATURE,
+    }
 
 
 def test_new_secrets_are_standard_random_32_byte_keys() -> None:
@@ -49,8 +54,7 @@ def test_independent_verifier_accepts_ntq_signatures() -> None:
     body = '{"greeting": "héllo wörld ✓ 😀", "n": [1, 2, 3]}'.encode()
     now = int(time.time())
     headers = signing.headers(secret, "0190b2c4-aaaa-7bbb-8ccc-123456789abc", now, body)
-    assert Webhook(secret).verify(body, headers) == {"greeting": "héllo wörld ✓ 😀",
-                                                     "n": [1, 2, 3]}
+    assert Webhook(secret).verify(body, headers) == {"greeting": "héllo wörld ✓ 😀", "n": [1, 2, 3]}
 
 
 @pytest.mark.parametrize("tamper", ["body", "id", "timestamp", "secret"])

@@ -77,16 +77,39 @@ def test_check_url_rejects(url: str) -> None:
 # AddressPolicy.permits
 
 NON_PUBLIC = [
-    "127.0.0.1", "127.0.0.2", "127.255.255.254",  # loopback
-    "0.0.0.0", "0.1.2.3",  # "this network" (0.0.0.0 reaches the local host on Linux)
-    "10.0.0.1", "10.255.255.255", "172.16.0.1", "172.31.255.254", "192.168.0.1",
-    "169.254.169.254", "169.254.0.1",  # link-local, cloud metadata
+    "127.0.0.1",
+    "127.0.0.2",
+    "127.255.255.254",  # loopback
+    "0.0.0.0",
+    "0.1.2.3",  # "this network" (0.0.0.0 reaches the local host on Linux)
+    "10.0.0.1",
+    "10.255.255.255",
+    "172.16.0.1",
+    "172.31.255.254",
+    "192.168.0.1",
+    "169.254.169.254",
+    "169.254.0.1",  # link-local, cloud metadata
     "100.64.0.1",  # carrier-grade NAT
-    "192.0.0.1", "192.0.2.1", "198.18.0.1", "198.51.100.1", "203.0.113.1",  # reserved
-    "224.0.0.1", "239.255.255.250",  # multicast
-    "240.0.0.1", "255.255.255.255",  # reserved, broadcast
-    "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "2001:db8::1",
-    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::ffff:192.168.1.1",
+    "192.0.0.1",
+    "192.0.2.1",
+    "198.18.0.1",
+    "198.51.100.1",
+    "203.0.113.1",  # reserved
+    "224.0.0.1",
+    "239.255.255.250",  # multicast
+    "240.0.0.1",
+    "255.255.255.255",  # reserved, broadcast
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "fd12:3456::1",
+    "ff02::1",
+    "2001:db8::1",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254",
+    "::ffff:192.168.1.1",
     "::ffff:0.0.0.0",
 ]
 PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
@@ -146,14 +169,30 @@ def assert_refused(result: Any) -> None:
 
 
 def hosts_for(port: int) -> list[str]:
-    return [f"http://{h}:{port}/x" for h in (
-        "localhost", "127.0.0.1", "[::1]", "0.0.0.0", "[::ffff:127.0.0.1]", "127.1",
-        "2130706433", "0x7f.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.0.1",
-        "169.254.169.254", "[fe80::1]", "[fc00::1]", "224.0.0.1", "100.64.0.1")]
+    return [
+        f"http://{h}:{port}/x"
+        for h in (
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "0.0.0.0",
+            "[::ffff:127.0.0.1]",
+            "127.1",
+            "2130706433",
+            "0x7f.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.0.1",
+            "169.254.169.254",
+            "[fe80::1]",
+            "[fc00::1]",
+            "224.0.0.1",
+            "100.64.0.1",
+        )
+    ]
 
 
-def test_guarded_session_refuses_every_non_public_host_before_connecting(
-        hook: HookServer) -> None:
+def test_guarded_session_refuses_every_non_public_host_before_connecting(hook: HookServer) -> None:
     port = hook.server_address[1]
     for url in hosts_for(port):
         result = get(url)
@@ -187,7 +226,8 @@ def test_redirect_to_a_private_host_is_refused(hook: HookServer, hook2: HookServ
 
 
 def test_environment_proxy_cannot_bypass_the_guard(
-        hook2: HookServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    hook2: HookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, hook2.url)
     monkeypatch.delenv("NO_PROXY", raising=False)
@@ -221,7 +261,8 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: list[list[str]]) -> list[
 
 
 def test_a_name_resolving_to_a_private_address_is_refused(
-        hook: HookServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    hook: HookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     looked_up = fake_dns(monkeypatch, [["127.0.0.1"]])
     url = f"http://evil.rebind.test:{hook.server_address[1]}/x"
     assert_refused(get(url))
@@ -233,7 +274,8 @@ def test_a_name_resolving_to_a_private_address_is_refused(
 
 
 def test_connects_to_the_checked_address_so_rebinding_cannot_switch_it(
-        hook: HookServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    hook: HookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The first answer is public, every later one private: the connection must go to the
     address that was checked, never to a fresh look-up's."""
     fake_dns(monkeypatch, [["8.8.8.8"], ["127.0.0.1"]])
@@ -252,8 +294,7 @@ def test_connects_to_the_checked_address_so_rebinding_cannot_switch_it(
     assert hook.received == []
 
 
-def test_mixed_answers_connect_only_to_permitted_addresses(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mixed_answers_connect_only_to_permitted_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_dns(monkeypatch, [["127.0.0.1", "10.0.0.1", "8.8.4.4", "::1"]])
     dialed: list[tuple[str, int]] = []
 

@@ -32,8 +32,9 @@ SECRET = "whsec_" + "A" * 43 + "="
 def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """The smallest fair WSGI app: read the body, answer a constant."""
     environ["wsgi.input"].read()
-    start_response("201 Created", [("Content-Type", "application/json"),
-                                   ("Content-Length", str(len(ANSWER)))])
+    start_response(
+        "201 Created", [("Content-Type", "application/json"), ("Content-Length", str(len(ANSWER)))]
+    )
     return [ANSWER]
 
 
@@ -83,18 +84,25 @@ def deliver(url: str, count: int, concurrency: int) -> dict[str, Any]:
         while state["next"] < count:
             state["next"] += 1
             task_id = str(uuid.uuid4())
-            headers = {"Content-Type": "application/json", "User-Agent": delivery.USER_AGENT,
-                       "NTQ-Task-Id": task_id,
-                       **signing.headers(SECRET, task_id, int(time.time()), body)}
-            result = delivery.call(session, "POST", url, headers, body, 30.0,
-                                   settings.max_response_bytes)
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": delivery.USER_AGENT,
+                "NTQ-Task-Id": task_id,
+                **signing.headers(SECRET, task_id, int(time.time()), body),
+            }
+            result = delivery.call(
+                session, "POST", url, headers, body, 30.0, settings.max_response_bytes
+            )
             if result.status_code != 200:
                 state["errors"] += 1
 
     began = time.monotonic()
     gevent.joinall([gevent.spawn(loop) for _ in range(concurrency)], raise_error=True)
-    return {"calls": count, "seconds": round(time.monotonic() - began, 3),
-            "errors": state["errors"]}
+    return {
+        "calls": count,
+        "seconds": round(time.monotonic() - began, 3),
+        "errors": state["errors"],
+    }
 
 
 def main() -> None:
@@ -107,8 +115,9 @@ def main() -> None:
     elif kind in ("wsgi", "pyramid"):
         serve(kind)
     else:
-        raise SystemExit("usage: python -m ntq.bench.ceiling wsgi | pyramid | "
-                         "deliver URL COUNT CONCURRENCY")
+        raise SystemExit(
+            "usage: python -m ntq.bench.ceiling wsgi | pyramid | deliver URL COUNT CONCURRENCY"
+        )
 
 
 if __name__ == "__main__":

@@ -27,54 +27,122 @@ from typing import Any
 
 from ntq.config import ConfigError, Settings, load_settings, option_default, option_flag
 
-SCENARIO_NAMES = ("enqueue", "batch", "end_to_end", "end_to_end_batch", "latency",
-                  "concurrency", "ceilings")
+SCENARIO_NAMES = (
+    "enqueue",
+    "batch",
+    "end_to_end",
+    "end_to_end_batch",
+    "latency",
+    "concurrency",
+    "ceilings",
+)
 
 # option: (environment variable, type, full-run default, --quick default, help)
 SIZES: dict[str, tuple[str, Callable[[str], Any], Any, Any, str]] = {
-    "tasks": ("NTQ_BENCH_TASKS", int, 50_000, 1_000,
-              "tasks per throughput scenario (enqueue, batch, end-to-end)"),
-    "concurrency": ("NTQ_BENCH_CONCURRENCY", int, 50, 16,
-                    "concurrent keep-alive client connections"),
-    "rate": ("NTQ_BENCH_RATE", float, 500.0, 500.0,
-             "offered rate of the latency scenario, tasks/s"),
-    "duration": ("NTQ_BENCH_DURATION", float, 20.0, 2.0,
-                 "seconds of load in the latency scenario"),
+    "tasks": (
+        "NTQ_BENCH_TASKS",
+        int,
+        50_000,
+        1_000,
+        "tasks per throughput scenario (enqueue, batch, end-to-end)",
+    ),
+    "concurrency": (
+        "NTQ_BENCH_CONCURRENCY",
+        int,
+        50,
+        16,
+        "concurrent keep-alive client connections",
+    ),
+    "rate": (
+        "NTQ_BENCH_RATE",
+        float,
+        500.0,
+        500.0,
+        "offered rate of the latency scenario, tasks/s",
+    ),
+    "duration": ("NTQ_BENCH_DURATION", float, 20.0, 2.0, "seconds of load in the latency scenario"),
     "batch": ("NTQ_BENCH_BATCH", int, 100, 100, "tasks per POST /tasks array"),
-    "sleepers": ("NTQ_BENCH_SLEEPERS", int, 1_000, 300,
-                 "tasks whose hook sleeps 1 s, through one worker"),
-    "worker_concurrency": ("NTQ_WORKER_CONCURRENCY", int, 100, 100,
-                           "worker slots in the delivery scenarios"),
-    "worker_processes": ("NTQ_BENCH_WORKER_PROCESSES", int, 1, 1,
-                         "worker processes in the end-to-end and latency scenarios "
-                         "(the concurrency scenario has one)"),
-    "stall_timeout": ("NTQ_BENCH_STALL_TIMEOUT", float, 30.0, 15.0,
-                      "give up waiting for deliveries after this many seconds without one"),
+    "sleepers": (
+        "NTQ_BENCH_SLEEPERS",
+        int,
+        1_000,
+        300,
+        "tasks whose hook sleeps 1 s, through one worker",
+    ),
+    "worker_concurrency": (
+        "NTQ_WORKER_CONCURRENCY",
+        int,
+        100,
+        100,
+        "worker slots in the delivery scenarios",
+    ),
+    "worker_processes": (
+        "NTQ_BENCH_WORKER_PROCESSES",
+        int,
+        1,
+        1,
+        "worker processes in the end-to-end and latency scenarios "
+        "(the concurrency scenario has one)",
+    ),
+    "stall_timeout": (
+        "NTQ_BENCH_STALL_TIMEOUT",
+        float,
+        30.0,
+        15.0,
+        "give up waiting for deliveries after this many seconds without one",
+    ),
 }
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The ``ntq bench`` options; each can also come from the environment variable named."""
-    parser.add_argument("--quick", action="store_true", default=option_flag("NTQ_BENCH_QUICK"),
-                        help="a small, fast run (env NTQ_BENCH_QUICK)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=option_flag("NTQ_BENCH_QUICK"),
+        help="a small, fast run (env NTQ_BENCH_QUICK)",
+    )
     for name, (env, kind, full, quick, text) in SIZES.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=option_default(env),
-                            help=f"{text} (env {env}, default {full:g}; --quick {quick:g})")
-    parser.add_argument("--only", default=option_default("NTQ_BENCH_ONLY"),
-                        help=f"comma-separated scenarios to run, from {', '.join(SCENARIO_NAMES)} "
-                             "(env NTQ_BENCH_ONLY, default all)")
-    parser.add_argument("--web-workers", type=int, default=None,
-                        help="web processes (env WEB_CONCURRENCY, default 2)")
-    parser.add_argument("--json", type=Path, default=option_default("NTQ_BENCH_JSON"),
-                        help="write the figures as JSON here (env NTQ_BENCH_JSON); "
-                             "without it, the JSON is printed last")
-    parser.add_argument("--log-dir", type=Path, default=option_default("NTQ_BENCH_LOG_DIR"),
-                        help="keep the processes' logs here (env NTQ_BENCH_LOG_DIR; default: "
-                             "a temporary directory, kept only if the run fails)")
-    parser.add_argument("--profile", type=Path, default=option_default("NTQ_BENCH_PROFILE"),
-                        help="record py-spy profiles (collapsed stacks) of the web and worker "
-                             "per scenario into this directory, each with a summary by package "
-                             "and function (env NTQ_BENCH_PROFILE)")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=option_default(env),
+            help=f"{text} (env {env}, default {full:g}; --quick {quick:g})",
+        )
+    parser.add_argument(
+        "--only",
+        default=option_default("NTQ_BENCH_ONLY"),
+        help=f"comma-separated scenarios to run, from {', '.join(SCENARIO_NAMES)} "
+        "(env NTQ_BENCH_ONLY, default all)",
+    )
+    parser.add_argument(
+        "--web-workers",
+        type=int,
+        default=None,
+        help="web processes (env WEB_CONCURRENCY, default 2)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=option_default("NTQ_BENCH_JSON"),
+        help="write the figures as JSON here (env NTQ_BENCH_JSON); "
+        "without it, the JSON is printed last",
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=option_default("NTQ_BENCH_LOG_DIR"),
+        help="keep the processes' logs here (env NTQ_BENCH_LOG_DIR; default: "
+        "a temporary directory, kept only if the run fails)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=option_default("NTQ_BENCH_PROFILE"),
+        help="record py-spy profiles (collapsed stacks) of the web and worker "
+        "per scenario into this directory, each with a summary by package "
+        "and function (env NTQ_BENCH_PROFILE)",
+    )
 
 
 def _sizes(args: argparse.Namespace) -> Any:
@@ -94,8 +162,9 @@ def _scenarios(only: str | None) -> list[str]:
     names = [n.strip().replace("-", "_") for n in (only or "").split(",") if n.strip()]
     unknown = sorted(set(names) - set(SCENARIO_NAMES))
     if unknown:
-        raise ConfigError(f"unknown scenario(s) {', '.join(unknown)}; "
-                          f"choose from {', '.join(SCENARIO_NAMES)}")
+        raise ConfigError(
+            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIO_NAMES)}"
+        )
     return [n for n in SCENARIO_NAMES if n in names] if names else list(SCENARIO_NAMES)
 
 
@@ -123,10 +192,13 @@ def _describe(original: Settings, names: list[str], web_workers: int) -> dict[st
     from ntq import __version__
 
     return {
-        "ntq_version": __version__, "cpus": os.cpu_count(), "python": sys.version.split()[0],
+        "ntq_version": __version__,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
         "postgresql": "given (DATABASE_URL)" if original.database_url else "embedded",
         "redis": "given (REDIS_URL)" if original.redis_url else "embedded",
-        "scenarios": names, "web_workers": web_workers,
+        "scenarios": names,
+        "web_workers": web_workers,
     }
 
 

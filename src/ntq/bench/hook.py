@@ -59,10 +59,14 @@ class RunStats:
 
     def summary(self, with_latencies: bool) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "received": self.received, "unique": len(self.ids),
-            "duplicates": self.received - len(self.ids), "first": self.first,
-            "last": self.last, "last_finish": self.last_finish,
-            "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
+            "received": self.received,
+            "unique": len(self.ids),
+            "duplicates": self.received - len(self.ids),
+            "first": self.first,
+            "last": self.last,
+            "last_finish": self.last_finish,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
         }
         if with_latencies:
             data["latencies_ms"] = self.latencies_ms
@@ -96,8 +100,10 @@ class Reader:
                 return None
         head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
-        headers = {name.strip().lower(): value.strip()
-                   for name, _, value in (line.partition(":") for line in lines[1:])}
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines[1:])
+        }
         length = int(headers.get("content-length") or 0)
         while len(self.buffer) < length:
             if not self._fill():
@@ -107,8 +113,9 @@ class Reader:
 
 
 def response(status: str, body: bytes, content_type: str = "text/plain") -> bytes:
-    return (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 OK = response("200 OK", b"ok")

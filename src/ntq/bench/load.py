@@ -46,15 +46,21 @@ class Job:
     def _head(self) -> bytes:
         """Everything before the Content-Length value, built once."""
         target = "/tasks" if self.batch else "/?" + urlencode({"url": self.hook, **self.params})
-        return (f"POST {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Authorization: Bearer {self.key}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: ").encode()
+        return (
+            f"POST {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {self.key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: "
+        ).encode()
 
     def request(self, tasks: int, stamp: float) -> bytes:
         body = b'{"t":%.6f}' % stamp
         if self.batch:
-            item = {"url": self.hook, "body": body.decode(),
-                    "content_type": "application/json", **self.params}
+            item = {
+                "url": self.hook,
+                "body": body.decode(),
+                "content_type": "application/json",
+                **self.params,
+            }
             body = orjson.dumps([item] * tasks)
         return b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
 
@@ -85,7 +91,7 @@ class Connection:
         lowered = head.lower()
         status = int(head[9:12])
         marker = lowered.find(b"\r\ncontent-length:")
-        length = int(lowered[marker + 17:].split(b"\r\n", 1)[0]) if marker >= 0 else 0
+        length = int(lowered[marker + 17 :].split(b"\r\n", 1)[0]) if marker >= 0 else 0
         self.buffer = rest
         while len(self.buffer) < length:
             self._fill()
@@ -192,17 +198,23 @@ def run(job: Job) -> dict[str, Any]:
     cpu0 = _cpu_seconds()
     reporter = gevent.spawn(_report, state)
     wall0, mono0 = time.time(), time.monotonic()
-    greenlets = [gevent.spawn(_connection_loop, state, wall0, mono0)
-                 for _ in range(job.connections)]
+    greenlets = [
+        gevent.spawn(_connection_loop, state, wall0, mono0) for _ in range(job.connections)
+    ]
     gevent.joinall(greenlets, raise_error=True)
     seconds = time.monotonic() - mono0
     reporter.kill()
     cpu = _cpu_seconds() - cpu0
     return {
-        "tasks": state.done, "requests": len(state.request_ms), "errors": state.errors,
-        "seconds": round(seconds, 3), "first_send": state.first_send,
-        "last_done": state.last_done, "request_ms": percentiles(state.request_ms),
-        "cpu_seconds": round(cpu, 3), "cpu_percent": round(100.0 * cpu / max(seconds, 1e-6), 1),
+        "tasks": state.done,
+        "requests": len(state.request_ms),
+        "errors": state.errors,
+        "seconds": round(seconds, 3),
+        "first_send": state.first_send,
+        "last_done": state.last_done,
+        "request_ms": percentiles(state.request_ms),
+        "cpu_seconds": round(cpu, 3),
+        "cpu_percent": round(100.0 * cpu / max(seconds, 1e-6), 1),
     }
 
 

@@ -90,8 +90,9 @@ class CpuMeter:
         self.ticks = (0, 0)
 
     def _sample(self) -> dict[str, dict[int, float]]:
-        return {name: {pid: cpu_seconds(pid) for pid in pids()}
-                for name, pids in self.groups.items()}
+        return {
+            name: {pid: cpu_seconds(pid) for pid in pids()} for name, pids in self.groups.items()
+        }
 
     def start(self) -> None:
         self.before, self.began, self.ticks = self._sample(), time.monotonic(), machine_ticks()
@@ -99,11 +100,16 @@ class CpuMeter:
     def read(self) -> dict[str, float]:
         after, seconds = self._sample(), max(time.monotonic() - self.began, 1e-6)
         busy, total = machine_ticks()
-        usage = {name: round(100.0 * sum(cpu - self.before.get(name, {}).get(pid, 0.0)
-                                         for pid, cpu in pids.items()) / seconds, 1)
-                 for name, pids in after.items()}
-        usage["machine"] = round(100.0 * (busy - self.ticks[0])
-                                 / max(total - self.ticks[1], 1), 1)
+        usage = {
+            name: round(
+                100.0
+                * sum(cpu - self.before.get(name, {}).get(pid, 0.0) for pid, cpu in pids.items())
+                / seconds,
+                1,
+            )
+            for name, pids in after.items()
+        }
+        usage["machine"] = round(100.0 * (busy - self.ticks[0]) / max(total - self.ticks[1], 1), 1)
         return usage
 
 
@@ -117,8 +123,13 @@ class Child:
     def start(self, stdout: int | None = None) -> Child:
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
-                self.argv, env=self.env, stdout=stdout or out, stderr=out,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+                self.argv,
+                env=self.env,
+                stdout=stdout or out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return self
 
     @property

@@ -68,8 +68,11 @@ def summarize(path: Path, top: int = 20) -> str:
         packages[_package(*_split(frames[-1]))] += count
         for function in {_with_file(frame) for frame in frames}:
             inclusive[function] += count
-    lines = [f"{path.name}: {total:,} samples",
-             "", "innermost frame, by package (adds up to 100 %):"]
+    lines = [
+        f"{path.name}: {total:,} samples",
+        "",
+        "innermost frame, by package (adds up to 100 %):",
+    ]
     lines += [f"  {100.0 * n / total:5.1f} %  {name}" for name, n in packages.most_common(top)]
     lines += ["", "on the stack (inclusive), by function:"]
     lines += [f"  {100.0 * n / total:5.1f} %  {name}" for name, n in inclusive.most_common(top)]

@@ -9,8 +9,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-CPU_COLUMNS = ("web", "worker", "requeue", "postgres", "redis", "receiver", "generator",
-               "others", "machine")
+CPU_COLUMNS = (
+    "web",
+    "worker",
+    "requeue",
+    "postgres",
+    "redis",
+    "receiver",
+    "generator",
+    "others",
+    "machine",
+)
 QUIET_INTERVAL = 2.0
 CONTENDED = 20.0  # percent of a core used by other processes worth a warning
 
@@ -41,18 +50,51 @@ class Target:
 
 
 TARGETS = (
-    Target("single enqueue, POST /", "enqueue", "tasks_per_s", ">=", 4000, "tasks/s",
-           "tasks", 50_000),
-    Target("batch enqueue, POST /tasks", "batch", "tasks_per_s", ">=", 20000, "tasks/s",
-           "tasks", 50_000),
-    Target("end-to-end, 50,000 tasks", "end_to_end", "tasks_per_s", ">=", 2000, "tasks/s",
-           "tasks", 50_000),
-    Target("  the same, enqueued in arrays", "end_to_end_batch", "tasks_per_s", ">=", 2000,
-           "tasks/s", "tasks", 50_000),
+    Target(
+        "single enqueue, POST /", "enqueue", "tasks_per_s", ">=", 4000, "tasks/s", "tasks", 50_000
+    ),
+    Target(
+        "batch enqueue, POST /tasks",
+        "batch",
+        "tasks_per_s",
+        ">=",
+        20000,
+        "tasks/s",
+        "tasks",
+        50_000,
+    ),
+    Target(
+        "end-to-end, 50,000 tasks",
+        "end_to_end",
+        "tasks_per_s",
+        ">=",
+        2000,
+        "tasks/s",
+        "tasks",
+        50_000,
+    ),
+    Target(
+        "  the same, enqueued in arrays",
+        "end_to_end_batch",
+        "tasks_per_s",
+        ">=",
+        2000,
+        "tasks/s",
+        "tasks",
+        50_000,
+    ),
     Target("latency p99 at 500/s", "latency", "p99_ms", "<=", 25, "ms", "rate", 500),
     Target("1,000 one-second hooks", "concurrency", "seconds", "<=", 2.5, "s", "tasks", 1000),
-    Target("worker RSS, 1,000 in flight", "concurrency", "worker_peak_rss_mb", "<=", 200, "MB",
-           "tasks", 1000),
+    Target(
+        "worker RSS, 1,000 in flight",
+        "concurrency",
+        "worker_peak_rss_mb",
+        "<=",
+        200,
+        "MB",
+        "tasks",
+        1000,
+    ),
 )
 
 
@@ -63,9 +105,15 @@ def assess(results: dict[str, Any]) -> list[dict[str, Any]]:
     for target in TARGETS:
         value = target.measured(results)
         judged = value is not None and target.comparable(results)
-        rows.append({"target": target.name, "figure": f"{target.scenario}.{target.figure}",
-                     "limit": f"{target.op} {target.limit:g} {target.unit}", "measured": value,
-                     "met": target.met(value) if judged and value is not None else None})
+        rows.append(
+            {
+                "target": target.name,
+                "figure": f"{target.scenario}.{target.figure}",
+                "limit": f"{target.op} {target.limit:g} {target.unit}",
+                "measured": value,
+                "met": target.met(value) if judged and value is not None else None,
+            }
+        )
     return rows
 
 
@@ -114,8 +162,9 @@ def headline(scenario: str, result: dict[str, Any]) -> str:
     if scenario in ("batch", "end_to_end_batch") and not result.get("available"):
         return f"unavailable ({result.get('reason')})"
     if scenario == "latency":
-        return (f"p50 {result['p50_ms']:g} ms, p95 {result['p95_ms']:g} ms, "
-                f"p99 {result['p99_ms']:g} ms")
+        return (
+            f"p50 {result['p50_ms']:g} ms, p95 {result['p95_ms']:g} ms, p99 {result['p99_ms']:g} ms"
+        )
     if scenario == "ceilings":
         return ", ".join(f"{name} {_per_s(result.get(key))}" for key, name, _, _ in CEILINGS)
     if scenario == "concurrency":
@@ -131,38 +180,64 @@ def detail(scenario: str, result: dict[str, Any]) -> str:
         ms = result["request_ms"]
         errors = sum(result["errors"].values())
         size = f"batches of {result['batch']}, " if scenario == "batch" else ""
-        return (f"{result['tasks']:,} tasks, {size}{result['connections']} connections, "
-                f"request p50 {ms['p50']:g} ms p99 {ms['p99']:g} ms, {errors} errors")
+        return (
+            f"{result['tasks']:,} tasks, {size}{result['connections']} connections, "
+            f"request p50 {ms['p50']:g} ms p99 {ms['p99']:g} ms, {errors} errors"
+        )
     if scenario in ("end_to_end", "end_to_end_batch"):
         arrays = f" in arrays of {result['batch']}" if result.get("batch") else ""
-        return (f"{result['tasks']:,} tasks in {result['seconds']} s, enqueued{arrays} at "
-                f"{result['enqueue_per_s']:,.0f}/s, {result['worker_processes']} worker "
-                f"processes, {result['duplicates']} duplicates"
-                + ("" if result["complete"] else ", INCOMPLETE"))
+        return (
+            f"{result['tasks']:,} tasks in {result['seconds']} s, enqueued{arrays} at "
+            f"{result['enqueue_per_s']:,.0f}/s, {result['worker_processes']} worker "
+            f"processes, {result['duplicates']} duplicates"
+            + ("" if result["complete"] else ", INCOMPLETE")
+        )
     if scenario == "latency":
-        return (f"{result['tasks']:,} tasks offered at {result['achieved_rate']:,.0f}/s, "
-                f"max {result['max_ms']:g} ms" + ("" if result["complete"] else ", INCOMPLETE"))
-    return (f"peak {result['peak_in_flight']:,} in flight, enqueue took "
-            f"{result['enqueue_seconds']} s, worker peak RSS {result['worker_peak_rss_mb']} MB")
+        return (
+            f"{result['tasks']:,} tasks offered at {result['achieved_rate']:,.0f}/s, "
+            f"max {result['max_ms']:g} ms" + ("" if result["complete"] else ", INCOMPLETE")
+        )
+    return (
+        f"peak {result['peak_in_flight']:,} in flight, enqueue took "
+        f"{result['enqueue_seconds']} s, worker peak RSS {result['worker_peak_rss_mb']} MB"
+    )
 
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-            for row in rows]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def _figures(results: dict[str, Any]) -> list[str]:
     rows = [["scenario", "result", "detail"]]
-    for scenario in ("enqueue", "batch", "end_to_end", "end_to_end_batch", "latency",
-                     "concurrency"):
+    for scenario in (
+        "enqueue",
+        "batch",
+        "end_to_end",
+        "end_to_end_batch",
+        "latency",
+        "concurrency",
+    ):
         if scenario in results:
-            rows.append([scenario, headline(scenario, results[scenario]),
-                         detail(scenario, results[scenario])])
+            rows.append(
+                [
+                    scenario,
+                    headline(scenario, results[scenario]),
+                    detail(scenario, results[scenario]),
+                ]
+            )
     memory = results.get("memory", {})
-    rows.append(["memory", f"worker {memory.get('worker_peak_rss_mb', 0):g} MB",
-                 f"web: {memory.get('web_process_peak_rss_mb', 0):g} MB per process, "
-                 f"{memory.get('web_total_peak_rss_mb', 0):g} MB in all (peak RSS)"])
+    rows.append(
+        [
+            "memory",
+            f"worker {memory.get('worker_peak_rss_mb', 0):g} MB",
+            f"web: {memory.get('web_process_peak_rss_mb', 0):g} MB per process, "
+            f"{memory.get('web_total_peak_rss_mb', 0):g} MB in all (peak RSS)",
+        ]
+    )
     return _table(rows)
 
 
@@ -201,19 +276,33 @@ def _contention(results: dict[str, Any]) -> list[str]:
     others = [cpu.get("others", 0.0) for cpu in _cpu_rows(results).values()]
     if not others or max(others) < CONTENDED:
         return []
-    return [f"WARNING: processes outside the benchmark used up to {max(others):.0f} % of a "
-            f"core during the run; the figures understate what this machine can do."]
+    return [
+        f"WARNING: processes outside the benchmark used up to {max(others):.0f} % of a "
+        f"core during the run; the figures understate what this machine can do."
+    ]
 
 
 # (figure in the ceilings result, short name, what it is, ntq's figure set against it)
 CEILINGS = (
-    ("http_wsgi_per_s", "HTTP", "HTTP: a constant WSGI answer, gunicorn + gevent as ntq web",
-     "enqueue"),
+    (
+        "http_wsgi_per_s",
+        "HTTP",
+        "HTTP: a constant WSGI answer, gunicorn + gevent as ntq web",
+        "enqueue",
+    ),
     ("http_pyramid_per_s", "Pyramid", "HTTP: the same from a Pyramid view", "enqueue"),
-    ("postgres_inserts_per_s", "PostgreSQL",
-     "PostgreSQL: single-row inserts, 8 clients (pgbench)", "enqueue"),
-    ("delivery_per_s", "delivery",
-     "delivery: ntq's webhook calls without the queue, 1 process", "end_to_end_batch"),
+    (
+        "postgres_inserts_per_s",
+        "PostgreSQL",
+        "PostgreSQL: single-row inserts, 8 clients (pgbench)",
+        "enqueue",
+    ),
+    (
+        "delivery_per_s",
+        "delivery",
+        "delivery: ntq's webhook calls without the queue, 1 process",
+        "end_to_end_batch",
+    ),
 )
 FIGURE_NAMES = {"enqueue": "single enqueue", "end_to_end_batch": "end to end, in arrays"}
 
@@ -229,12 +318,21 @@ def shares(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for key, _, what, scenario in CEILINGS:
         ceiling, ours = ceilings.get(key), results.get(scenario, {}).get("tasks_per_s")
-        if scenario == "end_to_end_batch" and results.get(scenario, {}).get(
-                "worker_processes", 1) != 1:
+        if (
+            scenario == "end_to_end_batch"
+            and results.get(scenario, {}).get("worker_processes", 1) != 1
+        ):
             ours = None
         share = round(100.0 * ours / ceiling, 1) if ceiling and ours else None
-        rows.append({"ceiling": what, "per_s": ceiling, "figure": FIGURE_NAMES[scenario],
-                     "figure_per_s": ours, "percent": share})
+        rows.append(
+            {
+                "ceiling": what,
+                "per_s": ceiling,
+                "figure": FIGURE_NAMES[scenario],
+                "figure_per_s": ours,
+                "percent": share,
+            }
+        )
     return rows
 
 
@@ -244,25 +342,41 @@ def _ceilings(results: dict[str, Any]) -> list[str]:
     rows = [["ceiling (no ntq)", "measured", "ntq's figure", "share"]]
     for row in results["ceiling_shares"]:
         percent = "-" if row["percent"] is None else f"{row['percent']:.0f} %"
-        rows.append([row["ceiling"], _per_s(row["per_s"]),
-                     f"{row['figure']} {_per_s(row['figure_per_s'])}", percent])
+        rows.append(
+            [
+                row["ceiling"],
+                _per_s(row["per_s"]),
+                f"{row['figure']} {_per_s(row['figure_per_s'])}",
+                percent,
+            ]
+        )
     return ["", *_table(rows)]
 
 
 def _failures(results: dict[str, Any]) -> list[str]:
     """Each scenario that failed, and why: its figures above do not count."""
-    return [f"FAILED: {scenario}: {reason}"
-            for scenario, reasons in results.get("failures", {}).items() for reason in reasons]
+    return [
+        f"FAILED: {scenario}: {reason}"
+        for scenario, reasons in results.get("failures", {}).items()
+        for reason in reasons
+    ]
 
 
 def render(results: dict[str, Any]) -> str:
     """The whole report as text."""
     cores = os.cpu_count() or 1
-    return "\n".join([
-        *_figures(results), "", *_targets(results), *_ceilings(results), "",
-        *_cpu(results), *_contention(results),
-        f"(CPU: percent of one core per process group over the scenario; others: processes "
-        f"outside the benchmark; machine: percent of all {cores} cores. Receiver and generator "
-        f"well under 100 % mean they were not the bottleneck.)",
-        *_failures(results),
-    ])
+    return "\n".join(
+        [
+            *_figures(results),
+            "",
+            *_targets(results),
+            *_ceilings(results),
+            "",
+            *_cpu(results),
+            *_contention(results),
+            f"(CPU: percent of one core per process group over the scenario; others: processes "
+            f"outside the benchmark; machine: percent of all {cores} cores. Receiver and generator "
+            f"well under 100 % mean they were not the bottleneck.)",
+            *_failures(results),
+        ]
+    )

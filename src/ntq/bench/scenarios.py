@@ -67,8 +67,10 @@ class Outcome:
     def failures(self, delivered: int | None = None) -> list[str]:
         """Why the run does not count: requests that were refused or failed, tasks not
         enqueued and, given how many the receiver saw, tasks not delivered."""
-        found = [f"{self.route} {_failed(error)} ({count:,} requests)"
-                 for error, count in sorted(self.load["errors"].items())]
+        found = [
+            f"{self.route} {_failed(error)} ({count:,} requests)"
+            for error, count in sorted(self.load["errors"].items())
+        ]
         enqueued = int(self.load["tasks"])
         if enqueued < self.asked:
             found.append(f"{enqueued:,} of {self.asked:,} tasks enqueued")
@@ -82,24 +84,36 @@ class Outcome:
 class Bench:
     """Runs the scenarios against a started :class:`Stack`."""
 
-    def __init__(self, stack: Stack, sizes: Sizes, progress: Progress,
-                 profile_dir: Path | None = None) -> None:
+    def __init__(
+        self, stack: Stack, sizes: Sizes, progress: Progress, profile_dir: Path | None = None
+    ) -> None:
         self.stack, self.sizes, self.progress = stack, sizes, progress
         self.profile_dir = profile_dir
 
     def _job(self, run: str, count: int, **extra: Any) -> dict[str, Any]:
         hook = extra.pop("hook", None) or self.stack.hook("hook", run)
-        return {"port": self.stack.port, "key": self.stack.api_key, "hook": hook,
-                "count": count, "connections": self.sizes.concurrency, **extra}
+        return {
+            "port": self.stack.port,
+            "key": self.stack.api_key,
+            "hook": hook,
+            "count": count,
+            "connections": self.sizes.concurrency,
+            **extra,
+        }
 
     def _seen(self, run: str, latencies: bool = False) -> dict[str, Any]:
         path = f"/_stats/{run}" + ("?latencies=1" if latencies else "")
         seen: dict[str, Any] = http_json(self.stack.receiver_port, path)
         return seen
 
-    def _drive(self, label: str, job: dict[str, Any], delivered: Callable[[], int] | None,
-               finished: Callable[[], bool] | None = None,
-               web: Child | None = None) -> Outcome:
+    def _drive(
+        self,
+        label: str,
+        job: dict[str, Any],
+        delivered: Callable[[], int] | None,
+        finished: Callable[[], bool] | None = None,
+        web: Child | None = None,
+    ) -> Outcome:
         """Run the generator with ``job``; with ``delivered``, also wait until every task
         it enqueued has been delivered (and ``finished`` holds), or progress stalls.
         ``web``: another server measured in the place of ntq's web."""
@@ -119,8 +133,14 @@ class Bench:
         route = "POST /tasks" if job.get("batch") else "POST /"
         return Outcome(result, cpu, complete, job["count"], route)
 
-    def _wait(self, label: str, total: int, load: LoadRun,
-              delivered: Callable[[], int] | None, finished: Callable[[], bool] | None) -> bool:
+    def _wait(
+        self,
+        label: str,
+        total: int,
+        load: LoadRun,
+        delivered: Callable[[], int] | None,
+        finished: Callable[[], bool] | None,
+    ) -> bool:
         """Show progress until the load is sent (and delivered); False if it stalled."""
         got, last_change = -1, time.monotonic()
         while True:
@@ -129,8 +149,11 @@ class Bench:
             if now_got != got:
                 got, last_change = now_got, time.monotonic()
             self.progress.show(label, total, load.tasks, got if delivered else None)
-            if load.done and (delivered is None or now_got >= load.tasks) and (
-                    finished is None or finished()):
+            if (
+                load.done
+                and (delivered is None or now_got >= load.tasks)
+                and (finished is None or finished())
+            ):
                 return True
             if load.done and time.monotonic() - last_change > self.sizes.stall_timeout:
                 return False
@@ -161,16 +184,25 @@ class Bench:
         with self._profiling("batch"):
             out = self._drive("batch enqueue", job, None)
         self.stack.clear()
-        return {"available": True, "batch": self.sizes.batch,
-                **_throughput(out, self.sizes.concurrency)}
+        return {
+            "available": True,
+            "batch": self.sizes.batch,
+            **_throughput(out, self.sizes.concurrency),
+        }
 
     def _probe_batch(self) -> int:
         body = orjson.dumps([{"url": self.stack.hook("hook", "probe"), "body": "{}"}])
         conn = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=10)
         try:
-            conn.request("POST", "/tasks", body, {
-                "Authorization": f"Bearer {self.stack.api_key}",
-                "Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/tasks",
+                body,
+                {
+                    "Authorization": f"Bearer {self.stack.api_key}",
+                    "Content-Type": "application/json",
+                },
+            )
             return conn.getresponse().status
         finally:
             conn.close()
@@ -191,20 +223,27 @@ class Bench:
         self.stack.start_delivery(self.sizes.worker_concurrency, self.sizes.worker_processes)
         name = "end_to_end_batch" if batch else "end_to_end"
         with self._profiling(name):
-            out = self._drive(name.replace("_", "-"),
-                              self._job(run, self.sizes.tasks, batch=batch),
-                              self._delivered(run))
+            out = self._drive(
+                name.replace("_", "-"),
+                self._job(run, self.sizes.tasks, batch=batch),
+                self._delivered(run),
+            )
         seen = self._seen(run)
         seconds = max(seen["last"] - out.load["first_send"], 1e-6)
         self.stack.clear()
         return {
-            "available": True, "batch": batch,
-            "tasks": seen["unique"], "enqueued": out.load["tasks"],
-            "seconds": round(seconds, 3), "tasks_per_s": round(seen["unique"] / seconds, 1),
-            "enqueue_per_s": _rate(out.load), "duplicates": seen["duplicates"],
+            "available": True,
+            "batch": batch,
+            "tasks": seen["unique"],
+            "enqueued": out.load["tasks"],
+            "seconds": round(seconds, 3),
+            "tasks_per_s": round(seen["unique"] / seconds, 1),
+            "enqueue_per_s": _rate(out.load),
+            "duplicates": seen["duplicates"],
             "complete": out.complete and seen["unique"] >= out.load["tasks"],
             "worker_concurrency": self.sizes.worker_concurrency,
-            "worker_processes": self.sizes.worker_processes, "cpu": out.cpu,
+            "worker_processes": self.sizes.worker_processes,
+            "cpu": out.cpu,
             "failures": out.failures(seen["unique"]),
         }
 
@@ -220,9 +259,15 @@ class Bench:
         quantiles = percentiles(seen["latencies_ms"])
         self.stack.clear()
         return {
-            "rate": self.sizes.rate, "tasks": seen["unique"], "achieved_rate": _rate(out.load),
-            "p50_ms": quantiles["p50"], "p95_ms": quantiles["p95"], "p99_ms": quantiles["p99"],
-            "max_ms": quantiles["max"], "complete": out.complete, "cpu": out.cpu,
+            "rate": self.sizes.rate,
+            "tasks": seen["unique"],
+            "achieved_rate": _rate(out.load),
+            "p50_ms": quantiles["p50"],
+            "p95_ms": quantiles["p95"],
+            "p99_ms": quantiles["p99"],
+            "max_ms": quantiles["max"],
+            "complete": out.complete,
+            "cpu": out.cpu,
             "failures": out.failures(seen["unique"]),
         }
 
@@ -235,19 +280,27 @@ class Bench:
         batch = self.sizes.batch if self._probe_batch() == 201 else 0
         job = self._job("sleep", self.sizes.sleepers, hook=hook, batch=batch)
         with self._profiling("concurrency"):
-            out = self._drive("concurrency", job, self._delivered("sleep"),
-                              lambda: self._seen("sleep")["in_flight"] == 0)
+            out = self._drive(
+                "concurrency",
+                job,
+                self._delivered("sleep"),
+                lambda: self._seen("sleep")["in_flight"] == 0,
+            )
         seen = self._seen("sleep")
         worker_rss = max(map(peak_rss_mb, self.stack.children["worker"].pids()), default=0.0)
         self.stack.stop_delivery()
         self.stack.clear()
         return {
-            "tasks": seen["unique"], "hook_seconds": HOOK_SLEEP, "worker_concurrency": slots,
+            "tasks": seen["unique"],
+            "hook_seconds": HOOK_SLEEP,
+            "worker_concurrency": slots,
             "seconds": round(seen["last_finish"] - out.load["first_send"], 3),
             "enqueue_seconds": round(out.load["last_done"] - out.load["first_send"], 3),
             "enqueued_in_batches_of": batch,
-            "peak_in_flight": seen["peak_in_flight"], "complete": out.complete,
-            "worker_peak_rss_mb": round(worker_rss, 1), "cpu": out.cpu,
+            "peak_in_flight": seen["peak_in_flight"],
+            "complete": out.complete,
+            "worker_peak_rss_mb": round(worker_rss, 1),
+            "cpu": out.cpu,
             "failures": out.failures(seen["unique"]),
         }
 
@@ -259,26 +312,43 @@ class Bench:
         self.stack.stop_delivery()
         wsgi, pyramid = self._http_ceiling("wsgi"), self._http_ceiling("pyramid")
         delivered, delivery_errors = self._delivery_ceiling()
-        return {"http_wsgi_per_s": wsgi[0], "http_pyramid_per_s": pyramid[0],
-                "postgres_inserts_per_s": self._pgbench(),
-                "delivery_per_s": delivered, "delivery_errors": delivery_errors,
-                "cpu": {"http_wsgi": wsgi[1], "http_pyramid": pyramid[1]}}
+        return {
+            "http_wsgi_per_s": wsgi[0],
+            "http_pyramid_per_s": pyramid[0],
+            "postgres_inserts_per_s": self._pgbench(),
+            "delivery_per_s": delivered,
+            "delivery_errors": delivery_errors,
+            "cpu": {"http_wsgi": wsgi[1], "http_pyramid": pyramid[1]},
+        }
 
     def _http_ceiling(self, kind: str) -> tuple[float | None, dict[str, float]]:
         """Requests per second the constant server of ``kind`` answered, and the CPU use
         (the server's under "web"); None unless every request succeeded."""
         port = free_port()
         env = {**self.stack.env, "PORT": str(port), "WEB_CONCURRENCY": str(self.stack.web_workers)}
-        server = Child(f"ceiling-{kind}", python_module("ntq.bench.ceiling", kind), env,
-                       self.stack.workdir / f"ceiling-{kind}.log").start()
+        server = Child(
+            f"ceiling-{kind}",
+            python_module("ntq.bench.ceiling", kind),
+            env,
+            self.stack.workdir / f"ceiling-{kind}.log",
+        ).start()
         try:
             wait_http(server, port, "/")
-            self._drive("warm-up", {**self._job("warmup", min(1000, self.sizes.tasks)),
-                                    "port": port}, None, web=server)
-            out = self._drive(f"ceiling: {kind}", {**self._job("ceiling", self.sizes.tasks),
-                                                   "port": port}, None, web=server)
-            clean = server.alive and not out.load["errors"] and out.load["tasks"] == \
-                self.sizes.tasks
+            self._drive(
+                "warm-up",
+                {**self._job("warmup", min(1000, self.sizes.tasks)), "port": port},
+                None,
+                web=server,
+            )
+            out = self._drive(
+                f"ceiling: {kind}",
+                {**self._job("ceiling", self.sizes.tasks), "port": port},
+                None,
+                web=server,
+            )
+            clean = (
+                server.alive and not out.load["errors"] and out.load["tasks"] == self.sizes.tasks
+            )
         finally:
             server.stop()
         return (_rate(out.load) if clean else None), out.cpu
@@ -298,14 +368,32 @@ class Bench:
         self.progress.say(f"ceiling: pgbench, 8 clients, {seconds} s")
         with self.stack.engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE IF EXISTS ntq_bench_ceiling")  # a killed run's
-            conn.exec_driver_sql("CREATE TABLE ntq_bench_ceiling (id bigserial PRIMARY KEY, "
-                                 "at timestamptz NOT NULL DEFAULT now())")
+            conn.exec_driver_sql(
+                "CREATE TABLE ntq_bench_ceiling (id bigserial PRIMARY KEY, "
+                "at timestamptz NOT NULL DEFAULT now())"
+            )
         try:
             done = subprocess.run(
-                [binary, "-n", "-M", "prepared", "-c", "8", "-j", "2",
-                 "-T", str(seconds), "-f", str(script)],
+                [
+                    binary,
+                    "-n",
+                    "-M",
+                    "prepared",
+                    "-c",
+                    "8",
+                    "-j",
+                    "2",
+                    "-T",
+                    str(seconds),
+                    "-f",
+                    str(script),
+                ],
                 env={**os.environ, **_libpq_env(self.stack.settings.database_url)},
-                capture_output=True, text=True, timeout=seconds + 60, check=False)
+                capture_output=True,
+                text=True,
+                timeout=seconds + 60,
+                check=False,
+            )
         finally:
             with self.stack.engine.begin() as conn:
                 conn.exec_driver_sql("DROP TABLE IF EXISTS ntq_bench_ceiling")
@@ -315,13 +403,24 @@ class Bench:
 
     def _delivery_ceiling(self) -> tuple[float | None, int]:
         """Calls per second of ntq's delivery code alone, and how many calls failed."""
-        argv = python_module("ntq.bench.ceiling", "deliver", self.stack.hook("hook", "ceiling"),
-                             str(self.sizes.tasks), str(self.sizes.worker_concurrency))
+        argv = python_module(
+            "ntq.bench.ceiling",
+            "deliver",
+            self.stack.hook("hook", "ceiling"),
+            str(self.sizes.tasks),
+            str(self.sizes.worker_concurrency),
+        )
         self.progress.say(f"ceiling: {self.sizes.tasks:,} delivery calls, no queue")
         log = self.stack.workdir / "ceiling-delivery.log"
         with log.open("ab") as errors:
-            done = subprocess.run(argv, env=self.stack.env, stdout=subprocess.PIPE,
-                                  stderr=errors, timeout=600, check=False)
+            done = subprocess.run(
+                argv,
+                env=self.stack.env,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                timeout=600,
+                check=False,
+            )
         if done.returncode != 0:
             return None, 0
         result = orjson.loads(done.stdout.strip().splitlines()[-1])
@@ -331,8 +430,11 @@ class Bench:
     @contextlib.contextmanager
     def _profiling(self, scenario: str) -> Iterator[None]:
         """With a profile directory, record the web's and the worker's stacks (py-spy)."""
-        spies = [self._spy(scenario, name) for name in ("web", "worker")
-                 if self.profile_dir is not None and name in self.stack.children]
+        spies = [
+            self._spy(scenario, name)
+            for name in ("web", "worker")
+            if self.profile_dir is not None and name in self.stack.children
+        ]
         try:
             yield
         finally:
@@ -356,16 +458,36 @@ class Bench:
         out = self.profile_dir / f"{scenario}-{name}.txt"
         with (self.stack.workdir / "py-spy.log").open("ab") as log:
             return subprocess.Popen(
-                [spy, "record", "--pid", str(self.stack.children[name].pid), "--subprocesses",
-                 "--format", "raw", "--rate", "200", "--nonblocking", "-o", str(out)],
-                stdout=log, stderr=log), out
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(self.stack.children[name].pid),
+                    "--subprocesses",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "200",
+                    "--nonblocking",
+                    "-o",
+                    str(out),
+                ],
+                stdout=log,
+                stderr=log,
+            ), out
 
 
 PGBENCH_SECONDS = 10
 
 
-LIBPQ_ENV = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",
-             "dbname": "PGDATABASE", "sslmode": "PGSSLMODE"}
+LIBPQ_ENV = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+}
 
 
 def _libpq_env(url: str) -> dict[str, str]:
@@ -373,8 +495,13 @@ def _libpq_env(url: str) -> dict[str, str]:
     command line, where other users of the machine could read it. A socket directory or
     port given as a query parameter (``?host=/run/pg``) counts too."""
     parts = make_url(url)
-    values: dict[str, Any] = {"host": parts.host, "port": parts.port, "user": parts.username,
-                              "password": parts.password, "dbname": parts.database}
+    values: dict[str, Any] = {
+        "host": parts.host,
+        "port": parts.port,
+        "user": parts.username,
+        "password": parts.password,
+        "dbname": parts.database,
+    }
     for name, value in parts.query.items():
         if name in LIBPQ_ENV and values.get(name) is None:
             values[name] = value
@@ -419,10 +546,14 @@ def _unavailable(status: int) -> dict[str, Any]:
 def _throughput(out: Outcome, connections: int) -> dict[str, Any]:
     load = out.load
     return {
-        "tasks": load["tasks"], "connections": connections,
+        "tasks": load["tasks"],
+        "connections": connections,
         "seconds": round(load["last_done"] - load["first_send"], 3),
-        "tasks_per_s": _rate(load), "errors": load["errors"],
-        "request_ms": load["request_ms"], "cpu": out.cpu, "failures": out.failures(),
+        "tasks_per_s": _rate(load),
+        "errors": load["errors"],
+        "request_ms": load["request_ms"],
+        "cpu": out.cpu,
+        "failures": out.failures(),
     }
 
 
@@ -437,8 +568,9 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 }
 
 
-def run_all(stack: Stack, sizes: Sizes, names: list[str], progress: Progress,
-            profile_dir: Path | None) -> dict[str, Any]:
+def run_all(
+    stack: Stack, sizes: Sizes, names: list[str], progress: Progress, profile_dir: Path | None
+) -> dict[str, Any]:
     """Start the stack, run the named scenarios in order, stop everything. ``failures``
     says, per scenario, why it does not count; a process that died ends the run."""
     bench = Bench(stack, sizes, progress, profile_dir)

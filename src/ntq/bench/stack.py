@@ -46,9 +46,11 @@ class Memory:
     worker: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {"web_process_peak_rss_mb": round(self.web_process, 1),
-                "web_total_peak_rss_mb": round(self.web_total, 1),
-                "worker_peak_rss_mb": round(self.worker, 1)}
+        return {
+            "web_process_peak_rss_mb": round(self.web_process, 1),
+            "web_total_peak_rss_mb": round(self.web_total, 1),
+            "worker_peak_rss_mb": round(self.worker, 1),
+        }
 
 
 @dataclass
@@ -72,10 +74,15 @@ class Stack:
     def env(self) -> dict[str, str]:
         assert self.settings.database_url
         assert self.settings.redis_url
-        return {**os.environ, "DATABASE_URL": self.settings.database_url,
-                "REDIS_URL": self.settings.redis_url, "NTQ_DATA_DIR": str(self.settings.data_dir),
-                "PORT": str(self.port), "NTQ_ALLOW_PRIVATE_NETWORKS": "true",
-                "NTQ_REDIS_CHANNEL": self.channel}
+        return {
+            **os.environ,
+            "DATABASE_URL": self.settings.database_url,
+            "REDIS_URL": self.settings.redis_url,
+            "NTQ_DATA_DIR": str(self.settings.data_dir),
+            "PORT": str(self.port),
+            "NTQ_ALLOW_PRIVATE_NETWORKS": "true",
+            "NTQ_REDIS_CHANNEL": self.channel,
+        }
 
     def hook(self, kind: str, run: str, query: str = "") -> str:
         return f"http://127.0.0.1:{self.receiver_port}/{kind}/{run}{query}"
@@ -110,8 +117,9 @@ class Stack:
             self.server_pids["redis"] = pid
 
     def _start_receiver(self) -> None:
-        receiver = Child("receiver", python_module("ntq.bench.hook"), self.env,
-                         self.workdir / "receiver.log")
+        receiver = Child(
+            "receiver", python_module("ntq.bench.hook"), self.env, self.workdir / "receiver.log"
+        )
         self.children["receiver"] = receiver.start(stdout=subprocess.PIPE)
         assert receiver.popen is not None
         assert receiver.popen.stdout is not None
@@ -128,8 +136,9 @@ class Stack:
         poller."""
         self.stop_delivery()
         for n in range(processes):
-            self._spawn(f"worker-{n}" if n else "worker", "worker", "--concurrency",
-                        str(concurrency)).wait_for_log("worker.start")
+            self._spawn(
+                f"worker-{n}" if n else "worker", "worker", "--concurrency", str(concurrency)
+            ).wait_for_log("worker.start")
         self._spawn("requeue", "requeue").wait_for_log("requeue.start")
 
     def workers(self) -> list[Child]:
@@ -178,7 +187,8 @@ class Stack:
             conn.execute(text("DELETE FROM tasks WHERE app_id = :id"), {"id": self.app_id})
         with self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(
-                text("VACUUM ANALYZE tasks, attempts"))
+                text("VACUUM ANALYZE tasks, attempts")
+            )
         cache = redis.Redis.from_url(self.settings.redis_url)
         cache.delete(self.channel, f"{self.channel}:scheduled")
         cache.close()

@@ -27,8 +27,9 @@ def _create(conn: db.Db, args: argparse.Namespace) -> int:
         print(f"ntq: an application named {args.name!r} already exists")
         return 1
     creds = apps.create(conn, args.name)
-    _show_credentials(creds.name, creds.api_key, creds.signing_secret, args.json,
-                      app_id=str(creds.app_id))
+    _show_credentials(
+        creds.name, creds.api_key, creds.signing_secret, args.json, app_id=str(creds.app_id)
+    )
     return 0
 
 
@@ -65,9 +66,21 @@ def _show_credentials(name: str, key: str, secret: str, as_json: bool, **extra: 
 def _list(conn: db.Db, args: argparse.Namespace) -> int:
     rows = apps.list_all(conn)
     if args.json:
-        print(orjson.dumps([{"name": r.name, "id": str(r.id), "created": r.created,
-                             "revoked": r.revoked, "active_keys": r.keys} for r in rows],
-                           option=orjson.OPT_UTC_Z).decode())
+        print(
+            orjson.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "id": str(r.id),
+                        "created": r.created,
+                        "revoked": r.revoked,
+                        "active_keys": r.keys,
+                    }
+                    for r in rows
+                ],
+                option=orjson.OPT_UTC_Z,
+            ).decode()
+        )
         return 0
     for r in rows:
         state = "revoked" if r.revoked else f"{r.keys} active key(s)"
@@ -81,8 +94,12 @@ def _keys(conn: db.Db, args: argparse.Namespace) -> int:
         return 1
     keys = apps.keys_of(conn, app_id)
     if args.json:
-        print(orjson.dumps([{"prefix": k.prefix, "created": k.created, "revoked": k.revoked}
-                            for k in keys], option=orjson.OPT_UTC_Z).decode())
+        print(
+            orjson.dumps(
+                [{"prefix": k.prefix, "created": k.created, "revoked": k.revoked} for k in keys],
+                option=orjson.OPT_UTC_Z,
+            ).decode()
+        )
         return 0
     for k in keys:
         state = f"revoked {k.revoked:%Y-%m-%d %H:%M}" if k.revoked else "active"
@@ -116,5 +133,4 @@ def _revoke(conn: db.Db, args: argparse.Namespace) -> int:
     return 0 if done else 1
 
 
-ACTIONS = {"create": _create, "list": _list, "keys": _keys, "revoke": _revoke,
-           "add-key": _add_key}
+ACTIONS = {"create": _create, "list": _list, "keys": _keys, "revoke": _revoke, "add-key": _add_key}

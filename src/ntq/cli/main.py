@@ -124,9 +124,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ntq", description="ntq: a durable webhook task queue.",
+        prog="ntq",
+        description="ntq: a durable webhook task queue.",
         epilog="Settings come from the environment (DATABASE_URL, REDIS_URL, PORT, NTQ_*); "
-               "see README.md. Without DATABASE_URL / REDIS_URL, embedded servers are used.")
+        "see README.md. Without DATABASE_URL / REDIS_URL, embedded servers are used.",
+    )
     parser.add_argument("--version", action="version", version=f"ntq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -136,23 +138,39 @@ def _parser() -> argparse.ArgumentParser:
 
     web = sub.add_parser("web", help="the HTTP API (gunicorn, gevent workers)")
     _web_options(web)
-    web.add_argument("--workers", type=_checked("WEB_CONCURRENCY"), default=None,
-                     help="web processes (env WEB_CONCURRENCY, default 2)")
-    web.add_argument("--fd", type=int, default=None,
-                     help="serve on this inherited, already listening socket instead of "
-                          "binding --host/--port (ntq serve passes its own)")
+    web.add_argument(
+        "--workers",
+        type=_checked("WEB_CONCURRENCY"),
+        default=None,
+        help="web processes (env WEB_CONCURRENCY, default 2)",
+    )
+    web.add_argument(
+        "--fd",
+        type=int,
+        default=None,
+        help="serve on this inherited, already listening socket instead of "
+        "binding --host/--port (ntq serve passes its own)",
+    )
     web.set_defaults(handler=cmd_web)
 
     worker = sub.add_parser("worker", help="deliver tasks")
-    worker.add_argument("--concurrency", type=_checked("NTQ_WORKER_CONCURRENCY"), default=None,
-                        help="attempts in flight (env NTQ_WORKER_CONCURRENCY, default 100)")
-    worker.add_argument("--grace", type=_checked("NTQ_WORKER_GRACE"), default=None,
-                        help="seconds to let attempts finish on SIGTERM "
-                             "(env NTQ_WORKER_GRACE, default 30)")
+    worker.add_argument(
+        "--concurrency",
+        type=_checked("NTQ_WORKER_CONCURRENCY"),
+        default=None,
+        help="attempts in flight (env NTQ_WORKER_CONCURRENCY, default 100)",
+    )
+    worker.add_argument(
+        "--grace",
+        type=_checked("NTQ_WORKER_GRACE"),
+        default=None,
+        help="seconds to let attempts finish on SIGTERM (env NTQ_WORKER_GRACE, default 30)",
+    )
     worker.set_defaults(handler=cmd_worker)
 
-    sub.add_parser("requeue", help="requeue overdue tasks and clean up finished ones"
-                   ).set_defaults(handler=cmd_requeue)
+    sub.add_parser("requeue", help="requeue overdue tasks and clean up finished ones").set_defaults(
+        handler=cmd_requeue
+    )
     sub.add_parser("migrate", help="alembic upgrade head").set_defaults(handler=cmd_migrate)
     _apps_parser(sub)
     _bench_parser(sub)
@@ -168,10 +186,17 @@ def _bench_parser(sub: Any) -> None:
 
 
 def _web_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=option_default("NTQ_HOST", "127.0.0.1"),
-                        help="address to listen on (env NTQ_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=_checked("PORT"), default=None,
-                        help="port to listen on (env PORT, default 8080)")
+    parser.add_argument(
+        "--host",
+        default=option_default("NTQ_HOST", "127.0.0.1"),
+        help="address to listen on (env NTQ_HOST, default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=_checked("PORT"),
+        default=None,
+        help="port to listen on (env PORT, default 8080)",
+    )
 
 
 def _apps_parser(sub: Any) -> None:
@@ -188,8 +213,10 @@ def _apps_parser(sub: Any) -> None:
     keys.add_argument("--json", action="store_true", help="print JSON")
     revoke = actions.add_parser("revoke", help="revoke an application (or one --key)")
     revoke.add_argument("name", nargs="?")
-    revoke.add_argument("--key", help="revoke only this API key: the whole key, or its "
-                                      "prefix as `ntq apps keys` shows it")
+    revoke.add_argument(
+        "--key",
+        help="revoke only this API key: the whole key, or its prefix as `ntq apps keys` shows it",
+    )
     key = actions.add_parser("add-key", help="issue another API key for an application")
     key.add_argument("name")
     key.add_argument("--json", action="store_true", help="print one JSON object")

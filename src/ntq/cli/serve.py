@@ -48,8 +48,12 @@ def serve(settings: Settings, host: str, listener: socket.socket) -> int:
     assert settings.redis_url
     upgrade(settings.database_url)
     _first_app(settings.database_url)
-    env = {**os.environ, "DATABASE_URL": settings.database_url,
-           "REDIS_URL": settings.redis_url, "PORT": str(settings.port)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "PORT": str(settings.port),
+    }
     children = _children(host, listener)
     stop = _stop_flag()
     for child in children:
@@ -57,15 +61,21 @@ def serve(settings: Settings, host: str, listener: socket.socket) -> int:
     if not _wait_until_answering(listener, children, stop):
         _stop_all(children)
         return 0 if stop else 1
-    print(f"ntq is serving on http://{host}:{settings.port}/ "
-          f"({AddressPolicy.from_settings(settings).describe()}). Ctrl-C stops.", flush=True)
+    print(
+        f"ntq is serving on http://{host}:{settings.port}/ "
+        f"({AddressPolicy.from_settings(settings).describe()}). Ctrl-C stops.",
+        flush=True,
+    )
     while not stop:
         time.sleep(0.5)
         for child in children:
             if child.exited and not stop:
                 assert child.proc is not None
-                print(f"ntq: {child.name} exited ({child.proc.returncode}); restarting",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"ntq: {child.name} exited ({child.proc.returncode}); restarting",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 _start(child, env)
     return _stop_all(children)
 
@@ -75,13 +85,17 @@ def _children(host: str, listener: socket.socket) -> list[Child]:
     the last child has exited), the web also the listening socket (kept across restarts)."""
     held = held_fds()
     web = ["web", "--host", host, "--fd", str(listener.fileno())]
-    return [Child(name, [sys.executable, "-m", "ntq", *argv], fds) for name, argv, fds in (
-        ("web", web, (listener.fileno(), *held)), ("worker", ["worker"], held),
-        ("requeue", ["requeue"], held))]
+    return [
+        Child(name, [sys.executable, "-m", "ntq", *argv], fds)
+        for name, argv, fds in (
+            ("web", web, (listener.fileno(), *held)),
+            ("worker", ["worker"], held),
+            ("requeue", ["requeue"], held),
+        )
+    ]
 
 
-def _wait_until_answering(listener: socket.socket, children: list[Child],
-                          stop: list[int]) -> bool:
+def _wait_until_answering(listener: socket.socket, children: list[Child], stop: list[int]) -> bool:
     """Whether the web answered HTTP on ``listener`` (this process holds the socket, so
     only its own web can), before a child exited, a stop signal or the timeout."""
     host, port = listener.getsockname()[:2]
@@ -92,8 +106,11 @@ def _wait_until_answering(listener: socket.socket, children: list[Child],
             return True
         failed = [child for child in children if child.exited]
         if failed or time.monotonic() > deadline:
-            what = (f"{failed[0].name} exited before the web answered" if failed
-                    else f"the web did not answer within {START_TIMEOUT:.0f} s")
+            what = (
+                f"{failed[0].name} exited before the web answered"
+                if failed
+                else f"the web did not answer within {START_TIMEOUT:.0f} s"
+            )
             print(f"ntq: {what}; stopping", file=sys.stderr, flush=True)
             return False
         time.sleep(0.1)
@@ -141,8 +158,9 @@ def _start(child: Child, env: dict[str, str]) -> None:
     child.restarts.append(time.monotonic())
     # Own process group: Ctrl-C and a terminal's hangup reach only ntq serve, which then
     # stops the children; the kernel's SIGTERM reaches them if ntq serve is killed.
-    child.proc = subprocess.Popen(child.argv, env=env, process_group=0, pass_fds=child.fds,
-                                  preexec_fn=die_with_parent())
+    child.proc = subprocess.Popen(
+        child.argv, env=env, process_group=0, pass_fds=child.fds, preexec_fn=die_with_parent()
+    )
 
 
 def _stop_all(children: list[Child]) -> int:
@@ -167,11 +185,17 @@ def _first_app(database_url: str) -> None:
     engine = make_engine(database_url, pool_size=1, max_overflow=0)
     with engine.begin() as conn:
         if apps.list_all(conn):
-            print("ntq: API keys are shown only once; make another with "
-                  "`ntq apps add-key NAME` or `ntq apps create NAME`.", flush=True)
+            print(
+                "ntq: API keys are shown only once; make another with "
+                "`ntq apps add-key NAME` or `ntq apps create NAME`.",
+                flush=True,
+            )
         else:
             creds = apps.create(conn, "default")
-            print(f"ntq: created application 'default'\n"
-                  f"  API key (shown only once): {creds.api_key}\n"
-                  f"  Signing secret: {creds.signing_secret}", flush=True)
+            print(
+                f"ntq: created application 'default'\n"
+                f"  API key (shown only once): {creds.api_key}\n"
+                f"  Signing secret: {creds.signing_secret}",
+                flush=True,
+            )
     engine.dispose()

@@ -111,22 +111,31 @@ def _wait_for_url(files: Files, argv: list[str]) -> str:
         if (spawned is None or spawned.poll() is not None) and _free(files.path("lock")):
             spawned = _spawn(argv, files.path("log"))
         if time.monotonic() > deadline:
-            raise StartError(f"the embedded {files.name} did not start within "
-                             f"{START_TIMEOUT:.0f} s; see {files.path('log')}")
+            raise StartError(
+                f"the embedded {files.name} did not start within "
+                f"{START_TIMEOUT:.0f} s; see {files.path('log')}"
+            )
         time.sleep(0.05)
     return url
 
 
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _failure(files: Files) -> str:
     lines = files.path("log").read_text(errors="replace").strip().splitlines()
-    return (f"could not start the embedded {files.name}: {lines[-1] if lines else 'no output'}"
-            f" (see {files.path('log')})")
+    return (
+        f"could not start the embedded {files.name}: {lines[-1] if lines else 'no output'}"
+        f" (see {files.path('log')})"
+    )
 
 
 def _free(path: Path) -> bool:

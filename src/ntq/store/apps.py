@@ -28,8 +28,11 @@ KEY_PREFIX = "ntq_"
 OWNER: Select[Any] = (
     select(apps.c.id.label("app_id"), apps.c.name)
     .join(api_keys, api_keys.c.app_id == apps.c.id)
-    .where(api_keys.c.digest == bindparam("digest"),
-           api_keys.c.revoked.is_(None), apps.c.revoked.is_(None))
+    .where(
+        api_keys.c.digest == bindparam("digest"),
+        api_keys.c.revoked.is_(None),
+        apps.c.revoked.is_(None),
+    )
 )
 
 
@@ -71,8 +74,9 @@ def create(db: Db, name: str) -> Credentials:
 def add_key(db: Db, app_id: uuid.UUID) -> str:
     """Issue another API key for the application; returns the key."""
     key = new_key()
-    db.execute(insert(api_keys).values(id=uuid7(), app_id=app_id, digest=digest(key),
-                                       prefix=key[:12]))
+    db.execute(
+        insert(api_keys).values(id=uuid7(), app_id=app_id, digest=digest(key), prefix=key[:12])
+    )
     return key
 
 
@@ -81,10 +85,14 @@ def by_name(db: Db, name: str) -> uuid.UUID | None:
 
 
 def list_all(db: Db) -> list[AppInfo]:
-    keys = (select(func.count()).where(api_keys.c.app_id == apps.c.id,
-                                       api_keys.c.revoked.is_(None)).scalar_subquery())
-    stmt = select(apps.c.id, apps.c.name, apps.c.created, apps.c.revoked,
-                  keys.label("keys")).order_by(apps.c.created)
+    keys = (
+        select(func.count())
+        .where(api_keys.c.app_id == apps.c.id, api_keys.c.revoked.is_(None))
+        .scalar_subquery()
+    )
+    stmt = select(
+        apps.c.id, apps.c.name, apps.c.created, apps.c.revoked, keys.label("keys")
+    ).order_by(apps.c.created)
     return [AppInfo(*row) for row in db.execute(stmt)]
 
 
@@ -94,8 +102,11 @@ def revoke(db: Db, name: str) -> bool:
     if app_id is None:
         return False
     db.execute(update(apps).where(apps.c.id == app_id).values(revoked=func.now()))
-    db.execute(update(api_keys).where(api_keys.c.app_id == app_id,
-                                      api_keys.c.revoked.is_(None)).values(revoked=func.now()))
+    db.execute(
+        update(api_keys)
+        .where(api_keys.c.app_id == app_id, api_keys.c.revoked.is_(None))
+        .values(revoked=func.now())
+    )
     return True
 
 
@@ -110,24 +121,32 @@ class KeyInfo:
 
 def keys_of(db: Db, app_id: uuid.UUID) -> list[KeyInfo]:
     """The application's keys, oldest first."""
-    stmt = (select(api_keys.c.prefix, api_keys.c.created, api_keys.c.revoked)
-            .where(api_keys.c.app_id == app_id).order_by(api_keys.c.created, api_keys.c.id))
+    stmt = (
+        select(api_keys.c.prefix, api_keys.c.created, api_keys.c.revoked)
+        .where(api_keys.c.app_id == app_id)
+        .order_by(api_keys.c.created, api_keys.c.id)
+    )
     return [KeyInfo(*row) for row in db.execute(stmt)]
 
 
 def active_keys_matching(db: Db, given: str) -> list[uuid.UUID]:
     """Ids of the active keys that ``given`` names: the whole key, or the prefix that
     ``ntq apps keys`` shows (which may name several keys)."""
-    stmt = (select(api_keys.c.id)
-            .where(api_keys.c.revoked.is_(None),
-                   (api_keys.c.digest == digest(given)) | (api_keys.c.prefix == given)))
+    stmt = select(api_keys.c.id).where(
+        api_keys.c.revoked.is_(None),
+        (api_keys.c.digest == digest(given)) | (api_keys.c.prefix == given),
+    )
     return list(db.execute(stmt).scalars())
 
 
 def revoke_key_id(db: Db, key_id: uuid.UUID) -> bool:
     """Revoke the key; False if it was no longer active."""
-    stmt = (update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked.is_(None))
-            .values(revoked=func.now()).returning(api_keys.c.id))
+    stmt = (
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked.is_(None))
+        .values(revoked=func.now())
+        .returning(api_keys.c.id)
+    )
     return db.execute(stmt).first() is not None
 
 

@@ -23,31 +23,42 @@ def add(store: Store, process: str, counts: Mapping[str, int]) -> None:
 def write(conn: Connection, process: str, counts: Mapping[str, int]) -> None:
     """Add ``counts`` to ``process``'s rows in one statement (rows in name order, so two
     writers of the same rows lock them in the same order)."""
-    stmt = insert(counters).values([{"process": process, "name": name, "value": value}
-                                    for name, value in sorted(counts.items())])
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=[counters.c.process, counters.c.name],
-        set_={"value": counters.c.value + stmt.excluded.value, "updated": func.now()}))
+    stmt = insert(counters).values(
+        [
+            {"process": process, "name": name, "value": value}
+            for name, value in sorted(counts.items())
+        ]
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[counters.c.process, counters.c.name],
+            set_={"value": counters.c.value + stmt.excluded.value, "updated": func.now()},
+        )
+    )
 
 
 def fold(db: Db, idle: float) -> None:
     """Move the counts of processes that have not written for ``idle`` seconds into the
     ``folded`` rows: one statement, so a reader sees the sums from before or after it."""
-    gone = (delete(counters)
-            .where(counters.c.process != FOLDED,
-                   counters.c.updated < func.now() - seconds(idle))
-            .returning(counters.c.name, counters.c.value)
-            .cte("gone"))
-    merged = (select(literal(FOLDED), gone.c.name, func.sum(gone.c.value), func.now())
-              .group_by(gone.c.name))
+    gone = (
+        delete(counters)
+        .where(counters.c.process != FOLDED, counters.c.updated < func.now() - seconds(idle))
+        .returning(counters.c.name, counters.c.value)
+        .cte("gone")
+    )
+    merged = select(literal(FOLDED), gone.c.name, func.sum(gone.c.value), func.now()).group_by(
+        gone.c.name
+    )
     stmt = insert(counters).from_select(["process", "name", "value", "updated"], merged)
-    db.execute(stmt.on_conflict_do_update(
-        index_elements=[counters.c.process, counters.c.name],
-        set_={"value": counters.c.value + stmt.excluded.value, "updated": func.now()}))
+    db.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[counters.c.process, counters.c.name],
+            set_={"value": counters.c.value + stmt.excluded.value, "updated": func.now()},
+        )
+    )
 
 
 def totals(db: Db) -> dict[str, int]:
     """Every process's counts added up, by name."""
-    rows = db.execute(select(counters.c.name, func.sum(counters.c.value))
-                      .group_by(counters.c.name))
+    rows = db.execute(select(counters.c.name, func.sum(counters.c.value)).group_by(counters.c.name))
     return {name: int(total) for name, total in rows}

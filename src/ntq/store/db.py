@@ -70,12 +70,13 @@ def normalize_url(url: str) -> str:
     """Accept Heroku-style ``postgres://`` URLs and pin the psycopg2 driver."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 
-def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10,
-                autocommit: bool = False) -> Engine:
+def make_engine(
+    url: str, pool_size: int = 10, max_overflow: int = 10, autocommit: bool = False
+) -> Engine:
     """An engine whose pool suits ``pool_size`` concurrent users of one process.
     ``autocommit`` engines run each statement as its own transaction (no BEGIN)."""
     engine = create_engine(
@@ -118,8 +119,11 @@ def retryable(exc: StatementError) -> bool:
     connection: its connection was lost (or discarded as read-only), its transaction was
     rolled back to resolve a conflict, or a prepared statement it used had vanished from
     its connection (:mod:`ntq.store.prepared` prepares it again on the next try)."""
-    return (exc.connection_invalidated or is_conflict(exc)
-            or getattr(exc.orig, "pgcode", None) == errorcodes.INVALID_SQL_STATEMENT_NAME)
+    return (
+        exc.connection_invalidated
+        or is_conflict(exc)
+        or getattr(exc.orig, "pgcode", None) == errorcodes.INVALID_SQL_STATEMENT_NAME
+    )
 
 
 def retrying(engine: Engine, action: Callable[[Connection], T], atomic: bool = False) -> T:
@@ -127,6 +131,7 @@ def retrying(engine: Engine, action: Callable[[Connection], T], atomic: bool = F
     when it failed in a way that :func:`retryable` says a new try may fix. On an
     autocommit engine each statement of ``action`` commits itself, unless ``atomic`` puts
     them all in one :func:`transaction`."""
+
     def once(conn: Connection) -> T:
         if not atomic:
             return action(conn)
@@ -148,7 +153,8 @@ def retrying(engine: Engine, action: Callable[[Connection], T], atomic: bool = F
 # the connection is discarded like any other that saw it (see _discard_if_read_only).
 _REFUSE_IF_READ_ONLY = text(
     "DO $$ BEGIN IF current_setting('transaction_read_only') = 'on' THEN "
-    "RAISE SQLSTATE '25006' USING MESSAGE = 'the database is read-only'; END IF; END $$")
+    "RAISE SQLSTATE '25006' USING MESSAGE = 'the database is read-only'; END IF; END $$"
+)
 
 
 def check_writable(conn: Connection) -> None:
@@ -212,8 +218,11 @@ def joined_session(store: Store, manager: Any) -> Session:
     session = Session(bind=store.requests, expire_on_commit=False)
     # "changed": ntq writes with Core statements the ORM does not track, so the
     # transaction must commit without an explicit mark_changed().
-    zope.sqlalchemy.register(session, transaction_manager=manager,
-                             initial_state=zope.sqlalchemy.datamanager.STATUS_CHANGED)
+    zope.sqlalchemy.register(
+        session,
+        transaction_manager=manager,
+        initial_state=zope.sqlalchemy.datamanager.STATUS_CHANGED,
+    )
     return session
 
 
@@ -221,6 +230,7 @@ def locked(store: Store, key: int, work: Callable[[Connection], T]) -> T | None:
     """``work`` in one transaction that holds advisory lock ``key`` (released at its end),
     or None without running it while another transaction holds the lock. Run again from
     the start on a fresh connection if its own was lost."""
+
     def attempt(conn: Connection) -> T | None:
         if not conn.execute(select(func.pg_try_advisory_xact_lock(key))).scalar():
             return None
@@ -230,7 +240,7 @@ def locked(store: Store, key: int, work: Callable[[Connection], T]) -> T | None:
 
 
 def health(store: Store) -> str:
-    """"ok" if every pool of the store reaches a writable database, else "read-only" or
+    """ "ok" if every pool of the store reaches a writable database, else "read-only" or
     "unreachable: <error>". A pooled connection that was lost, or opened while the database
     was read-only, is replaced first: the answer is about PostgreSQL as it is now."""
     try:

@@ -50,8 +50,21 @@ from ntq.store.prepared import Prepared
 from ntq.store.uuid7 import uuid7
 
 INSERT_COLUMNS = (
-    "id", "app_id", "status", "url", "method", "headers", "body", "content_type", "timeout",
-    "retry_count", "max_retries", "backoff", "callback", "idempotency_key", "callback_of",
+    "id",
+    "app_id",
+    "status",
+    "url",
+    "method",
+    "headers",
+    "body",
+    "content_type",
+    "timeout",
+    "retry_count",
+    "max_retries",
+    "backoff",
+    "callback",
+    "idempotency_key",
+    "callback_of",
     "notice_policy",
 )
 
@@ -59,43 +72,74 @@ INSERT_COLUMNS = (
 def insert_params(new: NewTask, app_id: uuid.UUID | None) -> dict[str, Any]:
     """The bound values of one new task's row (its id is minted here)."""
     return {
-        "id": uuid7(), "app_id": app_id, "status": Status.PENDING, "url": new.url,
-        "method": new.method, "headers": new.headers, "body": new.body,
-        "content_type": new.content_type, "timeout": new.timeout,
-        "not_before": new.not_before, "delay": float(new.delay),
-        "retry_count": 0, "max_retries": new.max_retries, "backoff": new.backoff,
-        "callback": new.callback, "idempotency_key": new.idempotency_key,
-        "callback_of": new.callback_of, "notice_policy": new.cancel_notice,
+        "id": uuid7(),
+        "app_id": app_id,
+        "status": Status.PENDING,
+        "url": new.url,
+        "method": new.method,
+        "headers": new.headers,
+        "body": new.body,
+        "content_type": new.content_type,
+        "timeout": new.timeout,
+        "not_before": new.not_before,
+        "delay": float(new.delay),
+        "retry_count": 0,
+        "max_retries": new.max_retries,
+        "backoff": new.backoff,
+        "callback": new.callback,
+        "idempotency_key": new.idempotency_key,
+        "callback_of": new.callback_of,
+        "notice_policy": new.cancel_notice,
     }
 
 
-def new_view(new: NewTask, sent: dict[str, Any], app_id: uuid.UUID | None, due: datetime,
-             created: datetime) -> TaskView:
+def new_view(
+    new: NewTask, sent: dict[str, Any], app_id: uuid.UUID | None, due: datetime, created: datetime
+) -> TaskView:
     """The view of a task just inserted from ``sent`` (its :func:`insert_params`), given
     what the database decided: its due and creation times."""
     return TaskView(
-        id=sent["id"], app_id=app_id, status=Status.PENDING, url=new.url, method=new.method,
-        headers=new.headers, content_type=new.content_type, timeout=new.timeout, due=due,
-        retry_count=0, max_retries=new.max_retries, backoff=new.backoff, created=created,
-        modified=created, last_status_code=None, last_error=None, callback=new.callback,
-        idempotency_key=new.idempotency_key, callback_of=new.callback_of,
-        cancel_notice=new.cancel_notice, body_size=len(new.body))
+        id=sent["id"],
+        app_id=app_id,
+        status=Status.PENDING,
+        url=new.url,
+        method=new.method,
+        headers=new.headers,
+        content_type=new.content_type,
+        timeout=new.timeout,
+        due=due,
+        retry_count=0,
+        max_retries=new.max_retries,
+        backoff=new.backoff,
+        created=created,
+        modified=created,
+        last_status_code=None,
+        last_error=None,
+        callback=new.callback,
+        idempotency_key=new.idempotency_key,
+        callback_of=new.callback_of,
+        cancel_notice=new.cancel_notice,
+        body_size=len(new.body),
+    )
 
 
 def due_expression() -> ColumnElement[Any]:
     """A new task's ``due``: ``not_before`` if bound, else the database's now + ``delay``."""
     due: ColumnElement[Any] = func.coalesce(
         bindparam("not_before", type_=tasks.c.due.type),
-        func.now() + seconds(bindparam("delay", type_=Float)))
+        func.now() + seconds(bindparam("delay", type_=Float)),
+    )
     return due
 
 
 # Built once: the hot path binds parameters instead of building and hashing a statement
 # per request.
-_INSERT = pg_insert(tasks).values({
-    **{name: bindparam(name, type_=tasks.c[name].type) for name in INSERT_COLUMNS},
-    "due": due_expression(),
-})
+_INSERT = pg_insert(tasks).values(
+    {
+        **{name: bindparam(name, type_=tasks.c[name].type) for name in INSERT_COLUMNS},
+        "due": due_expression(),
+    }
+)
 _INSERT_RETURNING = _INSERT.returning(*VIEW_COLUMNS)
 _INSERT_IDEMPOTENT = _INSERT.on_conflict_do_nothing(
     index_elements=["app_id", "idempotency_key"],
@@ -120,8 +164,9 @@ def insert_task(db: Db, new: NewTask, app_id: uuid.UUID | None) -> tuple[TaskVie
     return existing, False
 
 
-def insert_tasks(db: Db, batch: Sequence[NewTask],
-                app_id: uuid.UUID | None) -> list[tuple[TaskView, bool]]:
+def insert_tasks(
+    db: Db, batch: Sequence[NewTask], app_id: uuid.UUID | None
+) -> list[tuple[TaskView, bool]]:
     """Insert a batch in one round trip (one by one where idempotency keys need checks)."""
     if any(new.idempotency_key for new in batch):
         return [insert_task(db, new, app_id) for new in batch]
@@ -146,18 +191,20 @@ def _joined_to_caller(insert: Insert) -> Select[Any]:
     """``caller`` (0 or 1 row) left-joined to what ``insert`` made for it. Only what the
     database decides comes back; the rest of each task's view is what was sent."""
     created = insert.returning(tasks.c.id, tasks.c.due, tasks.c.created).cte("created")
-    return (select(_CALLER.c.app_id.label("caller_id"), _CALLER.c.name.label("caller_name"),
-                   *created.c)
-            .select_from(_CALLER.outerjoin(created, true())))
+    return select(
+        _CALLER.c.app_id.label("caller_id"), _CALLER.c.name.label("caller_name"), *created.c
+    ).select_from(_CALLER.outerjoin(created, true()))
 
 
 def _insert_for_caller(idempotent: bool) -> Select[Any]:
     """``caller`` (0 or 1 row) left-joined to the task inserted for it: no row means a bad
     key; a row without a task means the idempotency key was already used."""
     columns = [name for name in INSERT_COLUMNS if name != "app_id"]
-    values = select(*[cast(bindparam(name, type_=tasks.c[name].type), tasks.c[name].type)
-                      for name in columns],
-                    _CALLER.c.app_id, due_expression()).select_from(_CALLER)
+    values = select(
+        *[cast(bindparam(name, type_=tasks.c[name].type), tasks.c[name].type) for name in columns],
+        _CALLER.c.app_id,
+        due_expression(),
+    ).select_from(_CALLER)
     insert = pg_insert(tasks).from_select([*columns, "app_id", "due"], values)
     if idempotent:
         insert = insert.on_conflict_do_nothing(
@@ -216,45 +263,74 @@ def _submit_one(conn: Connection, new: NewTask, key: str | None) -> Submitted | 
 
 # A batch travels as one JSON array of these fields (bodies in base64), unpacked by
 # json_to_recordset: one parameter, whatever the batch's size.
-_BATCH_FIELDS = ("id", "url", "method", "headers", "body", "content_type", "timeout",
-                 "max_retries", "backoff", "callback", "not_before", "delay", "notice_policy")
+_BATCH_FIELDS = (
+    "id",
+    "url",
+    "method",
+    "headers",
+    "body",
+    "content_type",
+    "timeout",
+    "max_retries",
+    "backoff",
+    "callback",
+    "not_before",
+    "delay",
+    "notice_policy",
+)
 
 
 def _batch_for_caller() -> Select[Any]:
     """Like :func:`_insert_for_caller`, for the tasks of a JSON array."""
-    types = {**{name: tasks.c[name].type for name in _BATCH_FIELDS if name in tasks.c},
-             "body": Text(), "headers": JSON(), "not_before": tasks.c.due.type,
-             "delay": Float()}
-    given = (func.json_to_recordset(cast(bindparam("tasks"), JSON))
-             .table_valued(*[column(name, types[name]) for name in _BATCH_FIELDS])
-             .render_derived(name="given", with_types=True))
+    types = {
+        **{name: tasks.c[name].type for name in _BATCH_FIELDS if name in tasks.c},
+        "body": Text(),
+        "headers": JSON(),
+        "not_before": tasks.c.due.type,
+        "delay": Float(),
+    }
+    given = (
+        func.json_to_recordset(cast(bindparam("tasks"), JSON))
+        .table_valued(*[column(name, types[name]) for name in _BATCH_FIELDS])
+        .render_derived(name="given", with_types=True)
+    )
     computed = {
-        "app_id": _CALLER.c.app_id, "status": literal_column(f"'{Status.PENDING}'"),
-        "retry_count": literal_column("0"), "idempotency_key": null(), "callback_of": null(),
+        "app_id": _CALLER.c.app_id,
+        "status": literal_column(f"'{Status.PENDING}'"),
+        "retry_count": literal_column("0"),
+        "idempotency_key": null(),
+        "callback_of": null(),
         "headers": cast(given.c.headers, JSONB),
         "body": func.decode(given.c.body, literal_column("'base64'")),
     }
-    values = select(*[computed[name] if name in computed else given.c[name]
-                      for name in INSERT_COLUMNS],
-                    func.coalesce(given.c.not_before,
-                                  func.now() + seconds(given.c.delay))
-                    ).select_from(_CALLER).join(given, true())
+    values = (
+        select(
+            *[computed[name] if name in computed else given.c[name] for name in INSERT_COLUMNS],
+            func.coalesce(given.c.not_before, func.now() + seconds(given.c.delay)),
+        )
+        .select_from(_CALLER)
+        .join(given, true())
+    )
     insert = pg_insert(tasks).from_select([*INSERT_COLUMNS, "due"], values)
     return _joined_to_caller(insert)
 
 
 def _batch_json(rows: list[dict[str, Any]]) -> str:
-    return serialize.dumps([
-        {**{name: row[name] for name in _BATCH_FIELDS},
-         "body": base64.b64encode(row["body"]).decode()} for row in rows
-    ]).decode()
+    return serialize.dumps(
+        [
+            {
+                **{name: row[name] for name in _BATCH_FIELDS},
+                "body": base64.b64encode(row["body"]).decode(),
+            }
+            for row in rows
+        ]
+    ).decode()
 
 
 _BATCH = Prepared.of("ntq_enqueue_batch_0002", _batch_for_caller())
 
 
-def _submit_batch(conn: Connection, batch: Sequence[NewTask],
-                  key: str | None) -> Submitted | None:
+def _submit_batch(conn: Connection, batch: Sequence[NewTask], key: str | None) -> Submitted | None:
     if key is None or any(new.idempotency_key for new in batch):
         return _batch_in_transaction(conn, batch, key)
     rows = [insert_params(new, None) for new in batch]
@@ -263,13 +339,19 @@ def _submit_batch(conn: Connection, batch: Sequence[NewTask],
         return None
     owner = found[0].caller_id
     made = {row.id: row for row in found}
-    return Submitted(owner, found[0].caller_name, [
-        (new_view(new, sent, owner, made[sent["id"]].due, made[sent["id"]].created),
-         True) for new, sent in zip(batch, rows, strict=True)])
+    return Submitted(
+        owner,
+        found[0].caller_name,
+        [
+            (new_view(new, sent, owner, made[sent["id"]].due, made[sent["id"]].created), True)
+            for new, sent in zip(batch, rows, strict=True)
+        ],
+    )
 
 
-def _batch_in_transaction(conn: Connection, batch: Sequence[NewTask],
-                          key: str | None) -> Submitted | None:
+def _batch_in_transaction(
+    conn: Connection, batch: Sequence[NewTask], key: str | None
+) -> Submitted | None:
     with transaction(conn):
         if key is None:
             return Submitted(None, None, _in_key_order(conn, batch, None))
@@ -279,8 +361,9 @@ def _batch_in_transaction(conn: Connection, batch: Sequence[NewTask],
         return Submitted(*owner, results=_in_key_order(conn, batch, owner[0]))
 
 
-def _in_key_order(conn: Connection, batch: Sequence[NewTask],
-                  app_id: uuid.UUID | None) -> list[tuple[TaskView, bool]]:
+def _in_key_order(
+    conn: Connection, batch: Sequence[NewTask], app_id: uuid.UUID | None
+) -> list[tuple[TaskView, bool]]:
     """:func:`insert_tasks`, inserting in idempotency key order and answering in
     the batch's order. Each insert locks its key until commit: concurrent batches that
     share keys in different orders would otherwise deadlock."""

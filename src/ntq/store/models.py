@@ -62,8 +62,7 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"),
-                                              index=True)
+    app_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     created: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
@@ -85,12 +84,18 @@ class Task(Base):
         # Listing an application's tasks newest first (ids are time-ordered UUIDv7).
         Index("ix_tasks_app_id_id", "app_id", "id"),
         # Cleanup of finished tasks by age.
-        Index("ix_tasks_finished_modified", "modified",
-              postgresql_where=text("status <> 'PENDING'")),
+        Index(
+            "ix_tasks_finished_modified", "modified", postgresql_where=text("status <> 'PENDING'")
+        ),
         Index("ix_tasks_notice_owed_due", "due", postgresql_where=text("notice_owed")),
-        Index("uq_tasks_app_id_idempotency_key", "app_id", "idempotency_key", unique=True,
-              postgresql_nulls_not_distinct=True,
-              postgresql_where=text("idempotency_key IS NOT NULL")),
+        Index(
+            "uq_tasks_app_id_idempotency_key",
+            "app_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -149,8 +154,7 @@ class Attempt(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     headers: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
-    truncated: Mapped[bool] = mapped_column(Boolean, default=False,
-                                            server_default=text("false"))
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     error: Mapped[str | None] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))
 

@@ -44,11 +44,15 @@ class Prepared:
         positional = statement.compile(dialect=_POSITIONAL)
         assert isinstance(positional, SQLCompiler)
         order = tuple(positional.positiontup or ())
-        constants = {key: value for key, value in positional.params.items()
-                     if value is not None}
-        return cls(name, f"PREPARE {name} AS {positional.string}",
-                   f"EXECUTE {name}({', '.join(['%s'] * len(order))})",
-                   statement.compile(dialect=_NAMED).string, order, constants)
+        constants = {key: value for key, value in positional.params.items() if value is not None}
+        return cls(
+            name,
+            f"PREPARE {name} AS {positional.string}",
+            f"EXECUTE {name}({', '.join(['%s'] * len(order))})",
+            statement.compile(dialect=_NAMED).string,
+            order,
+            constants,
+        )
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         """The statement's rows, by the prepared statement when the connection has it."""

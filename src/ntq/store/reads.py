@@ -61,41 +61,54 @@ def stats(db: Db, app_id: uuid.UUID | None) -> dict[str, Any]:
     """Counts by status, backlog, oldest pending age, recent outcomes, delivery latency."""
     mine = and_(tasks.c.app_id.is_not_distinct_from(app_id), VISIBLE)
     counts = dict.fromkeys(STATUSES, 0)
-    counts.update({row.status: row.n for row in db.execute(
-        select(tasks.c.status, func.count().label("n")).where(mine).group_by(tasks.c.status))})
+    counts.update(
+        {
+            row.status: row.n
+            for row in db.execute(
+                select(tasks.c.status, func.count().label("n")).where(mine).group_by(tasks.c.status)
+            )
+        }
+    )
     return {"counts": counts, **_pending(db, mine), **_recent(db, mine)}
 
 
 def _pending(db: Db, mine: Any) -> dict[str, Any]:
     pending = and_(mine, tasks.c.status == PENDING)
-    row = db.execute(select(
-        func.count().filter(tasks.c.due <= func.now()).label("due_now"),
-        func.extract("epoch", func.now() - func.min(tasks.c.created)).label("oldest"),
-    ).where(pending)).one()
+    row = db.execute(
+        select(
+            func.count().filter(tasks.c.due <= func.now()).label("due_now"),
+            func.extract("epoch", func.now() - func.min(tasks.c.created)).label("oldest"),
+        ).where(pending)
+    ).one()
     return {"due_now": row.due_now, "oldest_pending_age_seconds": float(row.oldest or 0)}
 
 
 def _recent(db: Db, mine: Any) -> dict[str, Any]:
     """Outcomes in the last minute and hour; latency = from when the task became due
     (a delay is not latency) to its completion."""
-    recent = and_(mine, tasks.c.status.in_([COMPLETED, FAILED]),
-                  tasks.c.modified > func.now() - seconds(3600))
+    recent = and_(
+        mine, tasks.c.status.in_([COMPLETED, FAILED]), tasks.c.modified > func.now() - seconds(3600)
+    )
     minute = tasks.c.modified > func.now() - seconds(60)
     # Tasks finished before first_due existed have none: their creation is the best known.
     due = func.coalesce(tasks.c.first_due, tasks.c.created)
     latency = func.extract("epoch", tasks.c.modified - due)
     done = tasks.c.status == COMPLETED
-    row = db.execute(select(
-        func.count().filter(done, minute).label("completed_minute"),
-        func.count().filter(tasks.c.status == FAILED, minute).label("failed_minute"),
-        func.count().filter(done).label("completed_hour"),
-        func.count().filter(tasks.c.status == FAILED).label("failed_hour"),
-        func.avg(latency).filter(done).label("mean"),
-        func.percentile_cont(0.99).within_group(latency).filter(done).label("p99"),
-    ).where(recent)).one()
+    row = db.execute(
+        select(
+            func.count().filter(done, minute).label("completed_minute"),
+            func.count().filter(tasks.c.status == FAILED, minute).label("failed_minute"),
+            func.count().filter(done).label("completed_hour"),
+            func.count().filter(tasks.c.status == FAILED).label("failed_hour"),
+            func.avg(latency).filter(done).label("mean"),
+            func.percentile_cont(0.99).within_group(latency).filter(done).label("p99"),
+        ).where(recent)
+    ).one()
     return {
-        "completed_last_minute": row.completed_minute, "failed_last_minute": row.failed_minute,
-        "completed_last_hour": row.completed_hour, "failed_last_hour": row.failed_hour,
+        "completed_last_minute": row.completed_minute,
+        "failed_last_minute": row.failed_minute,
+        "completed_last_hour": row.completed_hour,
+        "failed_last_hour": row.failed_hour,
         "delivery_latency_seconds": {"mean": _num(row.mean), "p99": _num(row.p99)},
     }
 
@@ -106,8 +119,10 @@ def _num(value: Any) -> float | None:
 
 def backlog_gauges(db: Db) -> dict[str, float]:
     """System-wide gauges for ``/metrics``."""
-    row = db.execute(select(
-        func.count().label("pending"),
-        func.count().filter(tasks.c.due <= func.now()).label("due"),
-    ).where(tasks.c.status == PENDING)).one()
+    row = db.execute(
+        select(
+            func.count().label("pending"),
+            func.count().filter(tasks.c.due <= func.now()).label("due"),
+        ).where(tasks.c.status == PENDING)
+    ).one()
     return {"tasks_pending": row.pending, "tasks_due_now": row.due}

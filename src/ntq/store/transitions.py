@@ -78,28 +78,29 @@ def get(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | None
 
 
 def _acquire_statement() -> Prepared:
-    secret = (
-        select(apps.c.signing_secret).where(apps.c.id == tasks.c.app_id).scalar_subquery()
-    )
+    secret = select(apps.c.signing_secret).where(apps.c.id == tasks.c.app_id).scalar_subquery()
     delivering = tasks.c.status == Status.PENDING
     lease = case((delivering, tasks.c.timeout), else_=NOTICE_TIMEOUT * 3) + LEASE_GRACE
     stmt = (
         update(tasks)
-        .where(tasks.c.id == any_(bindparam("ids", type_=ARRAY(tasks.c.id.type))),
-               tasks.c.due <= func.now(), delivering | tasks.c.notice_owed)
+        .where(
+            tasks.c.id == any_(bindparam("ids", type_=ARRAY(tasks.c.id.type))),
+            tasks.c.due <= func.now(),
+            delivering | tasks.c.notice_owed,
+        )
         .values(
-            retry_count=case((delivering, tasks.c.retry_count + 1),
-                             else_=tasks.c.retry_count),
+            retry_count=case((delivering, tasks.c.retry_count + 1), else_=tasks.c.retry_count),
             # A notice keeps the identity its cancel gave it: the same message if retried.
             attempt_id=case((delivering, func.gen_random_uuid()), else_=tasks.c.attempt_id),
             due=func.now() + seconds(lease),
             modified=func.now(),
             # ``due`` as it was until now: when the task became due (not before it existed).
-            first_due=func.coalesce(tasks.c.first_due,
-                                    func.greatest(tasks.c.due, tasks.c.created)),
+            first_due=func.coalesce(tasks.c.first_due, func.greatest(tasks.c.due, tasks.c.created)),
         )
-        .returning(*[tasks.c[name] for name in Acquired.__dataclass_fields__ if name != "secret"],
-                   secret.label("secret"))
+        .returning(
+            *[tasks.c[name] for name in Acquired.__dataclass_fields__ if name != "secret"],
+            secret.label("secret"),
+        )
     )
     # Named for the schema it was written for: behind a pooler, a server connection may
     # hold the previous version's statement of the same name.
@@ -153,29 +154,33 @@ def finish_many(store: Store, judged: Sequence[Judged]) -> list[Finished]:
     was lost.
     """
     with_callbacks = any(task.callback for task, _, _ in judged)
-    return retrying(store.engine, lambda conn: _finish_many(conn, judged),
-                    atomic=with_callbacks)
+    return retrying(store.engine, lambda conn: _finish_many(conn, judged), atomic=with_callbacks)
 
 
 def _finish_many(conn: Connection, judged: Sequence[Judged]) -> list[Finished]:
     rows = _FINISH.rows(conn, {"batch": _finish_json(judged)})
     applied = {(row.id, row.attempt_id) for row in rows}
     finished = [_finished(task, verdict, applied) for task, _, verdict in judged]
-    return [_with_callback(conn, task, done)
-            for (task, _, _), done in zip(judged, finished, strict=True)]
+    return [
+        _with_callback(conn, task, done)
+        for (task, _, _), done in zip(judged, finished, strict=True)
+    ]
 
 
-_STATUS_OF = {Outcome.COMPLETE: Status.COMPLETED, Outcome.FAIL: Status.FAILED,
-              Outcome.RETRY: Status.PENDING}
+_STATUS_OF = {
+    Outcome.COMPLETE: Status.COMPLETED,
+    Outcome.FAIL: Status.FAILED,
+    Outcome.RETRY: Status.PENDING,
+}
 
 
-def _finished(task: Acquired, verdict: Verdict,
-              applied: set[tuple[uuid.UUID, uuid.UUID]]) -> Finished:
+def _finished(
+    task: Acquired, verdict: Verdict, applied: set[tuple[uuid.UUID, uuid.UUID]]
+) -> Finished:
     outcome = verdict.decision
     if (task.id, task.attempt_id) in applied:
         return Finished(_STATUS_OF[outcome], outcome)
-    return Finished(None, Outcome.INTERRUPTED if outcome is Outcome.INTERRUPTED
-                    else Outcome.STALE)
+    return Finished(None, Outcome.INTERRUPTED if outcome is Outcome.INTERRUPTED else Outcome.STALE)
 
 
 def _with_callback(conn: Connection, task: Acquired, done: Finished) -> Finished:
@@ -192,8 +197,10 @@ def _with_callback(conn: Connection, task: Acquired, done: Finished) -> Finished
 # the rows this statement updated, hence the IN).
 # The guard compares ``retry_count`` too: the previous version's workers, while they run
 # beside this one, acquire without giving the attempt a new identity.
-_FINISH = Prepared.of("ntq_finish_0002", text(
-    """
+_FINISH = Prepared.of(
+    "ntq_finish_0002",
+    text(
+        """
     WITH given AS (
         SELECT * FROM json_to_recordset(CAST(:batch AS json)) AS g(
             task_id uuid, attempt_id uuid, number integer, status text, code integer,
@@ -225,21 +232,34 @@ _FINISH = Prepared.of("ntq_finish_0002", text(
     )
     SELECT id, attempt_id FROM applied
     """
-))
+    ),
+)
 
 
 def _finish_json(judged: Sequence[Judged]) -> str:
-    return serialize.dumps([{
-        "task_id": task.id, "attempt_id": task.attempt_id, "number": task.retry_count,
-        "status": _STATUS_OF.get(verdict.decision), "code": result.status_code,
-        "last_error": _storable(verdict.error), "delay": float(verdict.delay or 0),
-        "method": result.method, "started": result.started, "elapsed_ms": result.elapsed_ms,
-        "reason": _storable(result.reason),
-        "headers": _storable_headers(result.headers),
-        "body": None if result.body is None else base64.b64encode(result.body).decode(),
-        "truncated": result.truncated, "error": _storable(result.error),
-        "outcome": verdict.decision,
-    } for task, result, verdict in judged]).decode()
+    return serialize.dumps(
+        [
+            {
+                "task_id": task.id,
+                "attempt_id": task.attempt_id,
+                "number": task.retry_count,
+                "status": _STATUS_OF.get(verdict.decision),
+                "code": result.status_code,
+                "last_error": _storable(verdict.error),
+                "delay": float(verdict.delay or 0),
+                "method": result.method,
+                "started": result.started,
+                "elapsed_ms": result.elapsed_ms,
+                "reason": _storable(result.reason),
+                "headers": _storable_headers(result.headers),
+                "body": None if result.body is None else base64.b64encode(result.body).decode(),
+                "truncated": result.truncated,
+                "error": _storable(result.error),
+                "outcome": verdict.decision,
+            }
+            for task, result, verdict in judged
+        ]
+    ).decode()
 
 
 def _storable(text: str | None) -> Any:
@@ -250,8 +270,11 @@ def _storable(text: str | None) -> Any:
 
 
 def _storable_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
-    return None if headers is None else {
-        _storable(name): _storable(value) for name, value in headers.items()}
+    return (
+        None
+        if headers is None
+        else {_storable(name): _storable(value) for name, value in headers.items()}
+    )
 
 
 def finish_notice(store: Store, task: Acquired, result: AttemptResult) -> bool:
@@ -266,32 +289,47 @@ def finish_notice(store: Store, task: Acquired, result: AttemptResult) -> bool:
 def _finish_notice(conn: Connection, task: Acquired, result: AttemptResult) -> None:
     owed = conn.execute(
         update(tasks)
-        .where(tasks.c.id == task.id, tasks.c.attempt_id == task.attempt_id,
-               tasks.c.notice_owed)
+        .where(tasks.c.id == task.id, tasks.c.attempt_id == task.attempt_id, tasks.c.notice_owed)
         .values(notice_owed=False, modified=func.now())
-        .returning(tasks.c.deleted)).first()
+        .returning(tasks.c.deleted)
+    ).first()
     if owed is not None and owed.deleted:
         conn.execute(delete(tasks).where(tasks.c.id == task.id))
         return
     # Locked against deletion, so that the attempt's row has its task.
-    if conn.execute(select(tasks.c.id).where(tasks.c.id == task.id)
-                    .with_for_update(key_share=True)).first() is None:
+    if (
+        conn.execute(
+            select(tasks.c.id).where(tasks.c.id == task.id).with_for_update(key_share=True)
+        ).first()
+        is None
+    ):
         return
-    conn.execute(insert(attempts).values(
-        task_id=task.id, number=task.retry_count, method=result.method,
-        started=result.started, elapsed_ms=result.elapsed_ms,
-        status_code=result.status_code, reason=_storable(result.reason),
-        headers=_storable_headers(result.headers),
-        body=result.body, truncated=result.truncated, error=_storable(result.error),
-        outcome=Outcome.CANCEL_NOTICE))
+    conn.execute(
+        insert(attempts).values(
+            task_id=task.id,
+            number=task.retry_count,
+            method=result.method,
+            started=result.started,
+            elapsed_ms=result.elapsed_ms,
+            status_code=result.status_code,
+            reason=_storable(result.reason),
+            headers=_storable_headers(result.headers),
+            body=result.body,
+            truncated=result.truncated,
+            error=_storable(result.error),
+            outcome=Outcome.CANCEL_NOTICE,
+        )
+    )
 
 
 def latest_response(db: Db, task_id: uuid.UUID) -> Any:
     """The latest delivery attempt (cancel notices and interruptions left out), or None."""
     stmt = (
         select(attempts)
-        .where(attempts.c.task_id == task_id,
-               attempts.c.outcome.in_([Outcome.COMPLETE, Outcome.RETRY, Outcome.FAIL]))
+        .where(
+            attempts.c.task_id == task_id,
+            attempts.c.outcome.in_([Outcome.COMPLETE, Outcome.RETRY, Outcome.FAIL]),
+        )
         .order_by(attempts.c.id.desc())
         .limit(1)
     )
@@ -305,11 +343,19 @@ def _add_callback(conn: Db, task_id: uuid.UUID) -> uuid.UUID | None:
         return None
     view = TaskView.from_row(row)
     response = latest_response(conn, task_id)
-    payload = {"task": serialize.task_dict(view),
-               "response": serialize.attempt_dict(response, True) if response else None}
-    new = NewTask(url=view.callback or "", body=serialize.dumps(payload),
-                  content_type="application/json", timeout=view.timeout,
-                  max_retries=view.max_retries, backoff=view.backoff, callback_of=view.id)
+    payload = {
+        "task": serialize.task_dict(view),
+        "response": serialize.attempt_dict(response, True) if response else None,
+    }
+    new = NewTask(
+        url=view.callback or "",
+        body=serialize.dumps(payload),
+        content_type="application/json",
+        timeout=view.timeout,
+        max_retries=view.max_retries,
+        backoff=view.backoff,
+        callback_of=view.id,
+    )
     created, _ = enqueue.insert_task(conn, new, row.app_id)
     return created.id
 
@@ -319,7 +365,8 @@ def _notice_owed() -> ColumnElement[bool]:
     owed: ColumnElement[bool] = case(
         (tasks.c.notice_policy == "always", true()),
         (tasks.c.notice_policy == "started", tasks.c.retry_count > 0),
-        else_=false())
+        else_=false(),
+    )
     return owed
 
 
@@ -340,11 +387,20 @@ def cancel(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> Cancelled | 
     """
     stmt = (
         update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
-               tasks.c.status == Status.PENDING, VISIBLE)
-        .values(status=Status.CANCELLED, modified=func.now(), due=func.now(),
-                notice_owed=_notice_owed(), attempt_id=func.gen_random_uuid(),
-                last_error="cancelled")
+        .where(
+            tasks.c.id == task_id,
+            tasks.c.app_id.is_not_distinct_from(app_id),
+            tasks.c.status == Status.PENDING,
+            VISIBLE,
+        )
+        .values(
+            status=Status.CANCELLED,
+            modified=func.now(),
+            due=func.now(),
+            notice_owed=_notice_owed(),
+            attempt_id=func.gen_random_uuid(),
+            last_error="cancelled",
+        )
         .returning(*VIEW_COLUMNS, tasks.c.notice_owed)
     )
     row = db.execute(stmt).first()
@@ -359,10 +415,22 @@ def replay(db: Db, task_id: uuid.UUID, app_id: uuid.UUID | None) -> TaskView | N
     history is kept. No attempt holds the task until the next acquire."""
     stmt = (
         update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.app_id.is_not_distinct_from(app_id),
-               tasks.c.status.in_([Status.FAILED, Status.CANCELLED]), VISIBLE)
-        .values(status=Status.PENDING, due=func.now(), retry_count=0, modified=func.now(),
-                last_error=None, notice_owed=False, attempt_id=None, first_due=None)
+        .where(
+            tasks.c.id == task_id,
+            tasks.c.app_id.is_not_distinct_from(app_id),
+            tasks.c.status.in_([Status.FAILED, Status.CANCELLED]),
+            VISIBLE,
+        )
+        .values(
+            status=Status.PENDING,
+            due=func.now(),
+            retry_count=0,
+            modified=func.now(),
+            last_error=None,
+            notice_owed=False,
+            attempt_id=None,
+            first_due=None,
+        )
         .returning(*VIEW_COLUMNS)
     )
     row = db.execute(stmt).first()
@@ -380,25 +448,43 @@ def delete_all(db: Db, app_id: uuid.UUID | None) -> list[uuid.UUID]:
     pending = tasks.c.status == Status.PENDING
     # Lock the tasks first (in id order, as every bulk write here does), so that no worker
     # starts an attempt between choosing which tasks owe a notice and deleting the rest.
-    db.execute(select(func.count()).select_from(
-        select(tasks.c.id).where(mine, VISIBLE).order_by(tasks.c.id).with_for_update()
-        .subquery()))
-    kept = db.execute(
-        update(tasks)
-        .where(mine, VISIBLE, or_(and_(pending, _notice_owed()), tasks.c.notice_owed))
-        .values(status=Status.CANCELLED, deleted=True, notice_owed=True, idempotency_key=None,
-                modified=func.now(), due=func.now(), last_error="deleted",
-                attempt_id=case((pending, func.gen_random_uuid()),
-                                else_=tasks.c.attempt_id))
-        .returning(tasks.c.id)).scalars().all()
+    db.execute(
+        select(func.count()).select_from(
+            select(tasks.c.id)
+            .where(mine, VISIBLE)
+            .order_by(tasks.c.id)
+            .with_for_update()
+            .subquery()
+        )
+    )
+    kept = (
+        db.execute(
+            update(tasks)
+            .where(mine, VISIBLE, or_(and_(pending, _notice_owed()), tasks.c.notice_owed))
+            .values(
+                status=Status.CANCELLED,
+                deleted=True,
+                notice_owed=True,
+                idempotency_key=None,
+                modified=func.now(),
+                due=func.now(),
+                last_error="deleted",
+                attempt_id=case((pending, func.gen_random_uuid()), else_=tasks.c.attempt_id),
+            )
+            .returning(tasks.c.id)
+        )
+        .scalars()
+        .all()
+    )
     db.execute(delete(tasks).where(mine, tasks.c.notice_owed.is_(False)))
     return list(kept)
 
 
 def forget_responses(db: Db, task_id: uuid.UUID) -> None:
     """Drop the stored response headers and bodies of the task's attempts."""
-    db.execute(update(attempts).where(attempts.c.task_id == task_id)
-               .values(headers=None, body=None))
+    db.execute(
+        update(attempts).where(attempts.c.task_id == task_id).values(headers=None, body=None)
+    )
 
 
 Cursor = tuple[datetime, uuid.UUID]
@@ -410,8 +496,9 @@ def overdue(conn: Db, limit: int, after: Cursor | None = None) -> list[Cursor]:
     ``after`` continues a sweep where the previous batch ended. The partial index on
     ``(due, id) WHERE status = 'PENDING'`` serves both the filter and the order.
     """
-    stmt = select(tasks.c.due, tasks.c.id).where(tasks.c.status == Status.PENDING,
-                                                 tasks.c.due <= func.now())
+    stmt = select(tasks.c.due, tasks.c.id).where(
+        tasks.c.status == Status.PENDING, tasks.c.due <= func.now()
+    )
     if after is not None:
         stmt = stmt.where(tuple_(tasks.c.due, tasks.c.id) > tuple_(*after))
     stmt = stmt.order_by(tasks.c.due, tasks.c.id).limit(limit)
@@ -420,8 +507,12 @@ def overdue(conn: Db, limit: int, after: Cursor | None = None) -> list[Cursor]:
 
 def overdue_notices(conn: Db, limit: int) -> list[uuid.UUID]:
     """Cancelled tasks whose DELETE notice is owed and due (a partial index serves it)."""
-    stmt = (select(tasks.c.id).where(tasks.c.notice_owed, tasks.c.due <= func.now())
-            .order_by(tasks.c.due).limit(limit))
+    stmt = (
+        select(tasks.c.id)
+        .where(tasks.c.notice_owed, tasks.c.due <= func.now())
+        .order_by(tasks.c.due)
+        .limit(limit)
+    )
     return list(conn.execute(stmt).scalars())
 
 
@@ -430,8 +521,11 @@ def cleanup(conn: Db, older_than_days: float, limit: int = 5000) -> int:
     (never a PENDING one, nor one whose cancel notice is still owed)."""
     victims = (
         select(tasks.c.id)
-        .where(tasks.c.status.in_(TERMINAL), tasks.c.notice_owed.is_(False),
-               tasks.c.modified < func.now() - seconds(older_than_days * 86400))
+        .where(
+            tasks.c.status.in_(TERMINAL),
+            tasks.c.notice_owed.is_(False),
+            tasks.c.modified < func.now() - seconds(older_than_days * 86400),
+        )
         .limit(limit)
     )
     result = conn.execute(delete(tasks).where(tasks.c.id.in_(victims.scalar_subquery())))

@@ -26,7 +26,8 @@ def listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``; :class:`PortInUse` says how to pick another."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror}") from exc
@@ -37,8 +38,10 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno != errno.EADDRINUSE:
             raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror}") from exc
-        raise PortInUse(f"port {port} on {host} is already in use (by another ntq, or "
-                        f"another program); pick another with --port N or PORT=N") from exc
+        raise PortInUse(
+            f"port {port} on {host} is already in use (by another ntq, or "
+            f"another program); pick another with --port N or PORT=N"
+        ) from exc
     sock.listen(BACKLOG)
     return sock
 
@@ -57,8 +60,10 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
     as ntq's JSON error instead of an HTML page."""
     code = reason.lower().replace(" ", "_") or "bad_request"
     body = orjson.dumps({"error": {"code": code, "message": mesg or reason}})
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 

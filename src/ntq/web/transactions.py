@@ -12,14 +12,16 @@ from ntq.web import services
 
 
 def includeme(config: Configurator) -> None:
-    config.add_settings({
-        "tm.manager_hook": "pyramid_tm.explicit_manager",
-        "tm.annotate_user": False,
-        # A request transaction that failed on a lost connection, or lost a deadlock,
-        # runs again from the start (pyramid_retry; errors.py marks which failures).
-        "retry.attempts": db.ATTEMPTS,
-        "retry.activate_hook": _retry_attempts,
-    })
+    config.add_settings(
+        {
+            "tm.manager_hook": "pyramid_tm.explicit_manager",
+            "tm.annotate_user": False,
+            # A request transaction that failed on a lost connection, or lost a deadlock,
+            # runs again from the start (pyramid_retry; errors.py marks which failures).
+            "retry.attempts": db.ATTEMPTS,
+            "retry.activate_hook": _retry_attempts,
+        }
+    )
     config.include("pyramid_tm")
     config.include("pyramid_retry")
     config.add_request_method(_session, "db", reify=True)

@@ -44,8 +44,7 @@ def api_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def client(api_settings: Settings, wsgi_apps: dict[Settings, tuple[Any, dict[str, Any]]]
-           ) -> Client:
+def client(api_settings: Settings, wsgi_apps: dict[Settings, tuple[Any, dict[str, Any]]]) -> Client:
     """A new WebTest client of the app, presenting ``key`` as a bearer token (or nothing)."""
     if api_settings not in wsgi_apps:
         app = make_app(api_settings)

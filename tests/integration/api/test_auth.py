@@ -30,7 +30,8 @@ def stored_values(engine: Engine) -> list[str]:
 
 
 def test_keys_are_random_and_stored_only_as_a_digest(
-        engine: Engine, creds: Credentials, new_app: Callable[[str], Credentials]) -> None:
+    engine: Engine, creds: Credentials, new_app: Callable[[str], Credentials]
+) -> None:
     made = [creds] + [new_app(f"app-{i}") for i in range(5)]
     with engine.begin() as conn:
         extra = [apps.add_key(conn, creds.app_id) for _ in range(4)]
@@ -49,23 +50,44 @@ def test_keys_are_random_and_stored_only_as_a_digest(
 
 
 def test_every_route_but_health_needs_a_valid_key(
-        api: TestApp, web: TestApp, creds: Credentials, engine: Engine) -> None:
+    api: TestApp, web: TestApp, creds: Credentials, engine: Engine
+) -> None:
     task_id = enqueued(api, "http://example.com/hook", delay=3600)
-    task_routes = [("GET", "/tasks/{id}"), ("GET", "/tasks/{id}/response"),
-                   ("GET", "/tasks/{id}/attempts"), ("DELETE", "/tasks/{id}"),
-                   ("POST", "/tasks/{id}/retry"), ("POST", "/tasks/{id}/push"),
-                   ("DELETE", "/tasks/{id}/response")]
-    routes = [("GET", "/"), ("POST", "/?url=http://example.com/"), ("DELETE", "/"),
-              ("GET", "/tasks"), ("POST", "/tasks"), ("GET", "/stats"),
-              *[(m, p.format(id=task_id)) for m, p in task_routes]]
-    wrong = [None, "", "ntq_" + "A" * 43, "x" * 40, creds.api_key + "x", creds.api_key[:-1],
-             "ntq_' OR '1'='1", creds.signing_secret]
+    task_routes = [
+        ("GET", "/tasks/{id}"),
+        ("GET", "/tasks/{id}/response"),
+        ("GET", "/tasks/{id}/attempts"),
+        ("DELETE", "/tasks/{id}"),
+        ("POST", "/tasks/{id}/retry"),
+        ("POST", "/tasks/{id}/push"),
+        ("DELETE", "/tasks/{id}/response"),
+    ]
+    routes = [
+        ("GET", "/"),
+        ("POST", "/?url=http://example.com/"),
+        ("DELETE", "/"),
+        ("GET", "/tasks"),
+        ("POST", "/tasks"),
+        ("GET", "/stats"),
+        *[(m, p.format(id=task_id)) for m, p in task_routes],
+    ]
+    wrong = [
+        None,
+        "",
+        "ntq_" + "A" * 43,
+        "x" * 40,
+        creds.api_key + "x",
+        creds.api_key[:-1],
+        "ntq_' OR '1'='1",
+        creds.signing_secret,
+    ]
     body = json.dumps({"url": "http://example.com/"}).encode()
     for method, path in routes:
         for key in wrong:
             headers = {} if key is None else {"Authorization": f"Bearer {key}"}
-            response = call(web, method, path, headers=headers, body=body,
-                            content_type="application/json")
+            response = call(
+                web, method, path, headers=headers, body=body, content_type="application/json"
+            )
             assert_error(response, 401, "unauthorized")
         response = call(web, method, path, headers={"Authorization": f"Basic {creds.api_key}"})
         assert_error(response, 401, "unauthorized")
@@ -76,13 +98,17 @@ def test_every_route_but_health_needs_a_valid_key(
     assert count_rows(engine) == 1
 
 
-KEY_HEADERS = ["Authorization", "authorization-lower", "NTQ-API-Key", "NTORQUE-API-KEY",
-               "NTORQUE_API_KEY"]
+KEY_HEADERS = [
+    "Authorization",
+    "authorization-lower",
+    "NTQ-API-Key",
+    "NTORQUE-API-KEY",
+    "NTORQUE_API_KEY",
+]
 
 
 @pytest.mark.parametrize("header", KEY_HEADERS)
-def test_every_documented_key_header_works(web: TestApp, creds: Credentials,
-                                           header: str) -> None:
+def test_every_documented_key_header_works(web: TestApp, creds: Credentials, header: str) -> None:
     """In process, ``NTORQUE_API_KEY`` reaches the app as the web server would pass it on;
     that gunicorn does is checked in ``tests/acceptance/test_validation.py``."""
     if header == "Authorization":
@@ -98,7 +124,8 @@ def test_every_documented_key_header_works(web: TestApp, creds: Credentials,
 
 
 def test_idempotency_keys_are_per_application(
-        api: TestApp, client: Client, new_app: Callable[[str], Credentials]) -> None:
+    api: TestApp, client: Client, new_app: Callable[[str], Credentials]
+) -> None:
     b = client(new_app("other-app").api_key)
     key = {"Idempotency-Key": "k-1"}
     first = enqueue(api, "http://example.com/a", b"mine", headers=key, delay=3600)
@@ -107,8 +134,9 @@ def test_idempotency_keys_are_per_application(
     assert theirs.status_int == 201, theirs.text  # a new task, not A's
     assert theirs.json["id"] != first.json["id"]
     assert theirs.json["url"] == "http://example.com/b"
-    structured = b.post_json("/tasks", {"url": "http://example.com/c", "idempotency_key": "k-1",
-                                        "delay": 3600})
+    structured = b.post_json(
+        "/tasks", {"url": "http://example.com/c", "idempotency_key": "k-1", "delay": 3600}
+    )
     assert structured.status_int == 200
     assert structured.json["id"] == theirs.json["id"]
     again = enqueue(api, "http://example.com/a", b"mine", headers=key, delay=3600)

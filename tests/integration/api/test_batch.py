@@ -19,13 +19,18 @@ HOOK = "http://example.com/b"
 
 
 def test_a_batch_with_one_invalid_item_stores_nothing_and_names_it(
-        api: TestApp, creds: Credentials, engine: Engine) -> None:
+    api: TestApp, creds: Credentials, engine: Engine
+) -> None:
     """Nothing stored is nothing a worker could deliver."""
     batch: list[dict[str, Any]] = [{"url": HOOK, "json": {"i": i}} for i in range(1000)]
 
-    for index, bad in ((613, {"url": "ftp://example.com/x"}), (999, {"timeout": 0}),
-                       (0, {"method": "FETCH"}), (5, {"colour": "blue"})):
-        items = [*batch[:index], {**batch[index], **bad}, *batch[index + 1:]]
+    for index, bad in (
+        (613, {"url": "ftp://example.com/x"}),
+        (999, {"timeout": 0}),
+        (0, {"method": "FETCH"}),
+        (5, {"colour": "blue"}),
+    ):
+        items = [*batch[:index], {**batch[index], **bad}, *batch[index + 1 :]]
         error = assert_error(api.post_json("/tasks", items, expect_errors=True), 400)
         assert error.get("index") == index, error
         assert str(index) in error["message"]
@@ -37,13 +42,13 @@ def test_a_batch_with_one_invalid_item_stores_nothing_and_names_it(
 
 
 def test_the_structured_form_refuses_what_it_cannot_store(
-        api: TestApp, creds: Credentials, engine: Engine) -> None:
+    api: TestApp, creds: Credentials, engine: Engine
+) -> None:
     url = "http://example.com/never"
 
     def refused(status: int, body: bytes, content_type: str | None) -> dict[str, Any]:
         headers = {"Content-Type": content_type} if content_type else {}
-        return assert_error(api.post("/tasks", body, headers=headers, expect_errors=True),
-                            status)
+        return assert_error(api.post("/tasks", body, headers=headers, expect_errors=True), status)
 
     def refused_json(document: Any) -> dict[str, Any]:
         return assert_error(api.post_json("/tasks", document, expect_errors=True), 400)

@@ -44,17 +44,37 @@ def as_sent(value: str) -> str:
     return value.encode().decode("latin-1")
 
 
-def enq(name: str, status: int | tuple[int, ...], code: str | None, *,
-        headers: tuple[tuple[str, str], ...] = (), **params: Any) -> Case:
+def enq(
+    name: str,
+    status: int | tuple[int, ...],
+    code: str | None,
+    *,
+    headers: tuple[tuple[str, str], ...] = (),
+    **params: Any,
+) -> Case:
     """``POST /`` (the nTorque form) with a valid url unless the row overrides it."""
     query = {"url": GOOD, **params}
     query = {k: v for k, v in query.items() if v is not None}
-    return Case(name, "POST", "/?" + urlencode(query, quote_via=quote), status, code,
-                headers=(("Content-Type", "text/plain"), *headers), body=b"payload")
+    return Case(
+        name,
+        "POST",
+        "/?" + urlencode(query, quote_via=quote),
+        status,
+        code,
+        headers=(("Content-Type", "text/plain"), *headers),
+        body=b"payload",
+    )
 
 
-def js(name: str, status: int | tuple[int, ...], code: str | None, document: Any = None, *,
-       raw: bytes | None = None, content_type: str | None = "application/json") -> Case:
+def js(
+    name: str,
+    status: int | tuple[int, ...],
+    code: str | None,
+    document: Any = None,
+    *,
+    raw: bytes | None = None,
+    content_type: str | None = "application/json",
+) -> Case:
     """``POST /tasks`` (the structured form)."""
     body = raw if raw is not None else json.dumps(document, ensure_ascii=False).encode()
     headers = (("Content-Type", content_type),) if content_type else ()
@@ -65,8 +85,13 @@ def task(**fields: Any) -> dict[str, Any]:
     return {"url": GOOD, **fields}
 
 
-def get(name: str, path: str, status: int | tuple[int, ...], code: str | None = None,
-        method: str = "GET") -> Case:
+def get(
+    name: str,
+    path: str,
+    status: int | tuple[int, ...],
+    code: str | None = None,
+    method: str = "GET",
+) -> Case:
     return Case(name, method, path, status, code)
 
 
@@ -76,8 +101,9 @@ CASES: list[Case] = [
     enq("url empty", 400, "invalid_url", url=""),
     enq("javascript: url", 400, "invalid_url", url="javascript:alert(document.cookie)"),
     enq("file: url", 400, "invalid_url", url="file:///etc/passwd"),
-    enq("gopher: url (smuggles SMTP)", 400, "invalid_url",
-        url="gopher://127.0.0.1:25/_HELO%20evil"),
+    enq(
+        "gopher: url (smuggles SMTP)", 400, "invalid_url", url="gopher://127.0.0.1:25/_HELO%20evil"
+    ),
     enq("ftp: url", 400, "invalid_url", url="ftp://example.com/"),
     enq("dict: url", 400, "invalid_url", url="dict://127.0.0.1:11211/stat"),
     enq("data: url", 400, "invalid_url", url="data:text/plain,hello"),
@@ -89,8 +115,12 @@ CASES: list[Case] = [
     enq("url broken IPv6 literal", 400, "invalid_url", url="http://[::1/"),
     enq("url over 2048 characters", 400, "invalid_url", url=GOOD + "?" + "a" * 2048),
     enq("url with a space", 400, "invalid_url", url="http://exa mple.com/"),
-    enq("url with CRLF (header injection)", 400, "invalid_url",
-        url="http://example.com/\r\nX-Injected: 1"),
+    enq(
+        "url with CRLF (header injection)",
+        400,
+        "invalid_url",
+        url="http://example.com/\r\nX-Injected: 1",
+    ),
     enq("url with NUL", 400, "invalid_url", url="http://example.com/\x00"),
     enq("url host with RTL override", 400, "invalid_url", url="http://evil\u202ecom.example/"),
     enq("url emoji host", 400, "invalid_url", url="http://\U0001f600.example/"),
@@ -113,57 +143,124 @@ CASES: list[Case] = [
     enq("not_before garbage", 400, "invalid_not_before", not_before="next tuesday"),
     enq("not_before epoch overflow", 400, "invalid_not_before", not_before="1e30"),
     enq("not_before far future", 400, "invalid_not_before", not_before="9999-12-31T00:00:00Z"),
-    enq("not_before in year 0 once in UTC", 400, "invalid_not_before",
-        not_before="0001-01-01T00:00:00+01:00"),
+    enq(
+        "not_before in year 0 once in UTC",
+        400,
+        "invalid_not_before",
+        not_before="0001-01-01T00:00:00+01:00",
+    ),
     enq("not_before before 1970", 400, "invalid_not_before", not_before="1969-12-31T23:59:59Z"),
-    Case("query string not UTF-8", "POST", "/?url=http%3A%2F%2Fexample.com%2F%ff", 400,
-         "invalid_encoding", headers=(("Content-Type", "text/plain"),), body=b"x"),
-    Case("query string not UTF-8, unknown key", "POST", "/?url=http%3A%2F%2Fexample.com%2F%ff",
-         401, "unauthorized", auth=False, body=b"x",
-         headers=(("Authorization", "Bearer ntq_notakey"), ("Content-Type", "text/plain"))),
+    Case(
+        "query string not UTF-8",
+        "POST",
+        "/?url=http%3A%2F%2Fexample.com%2F%ff",
+        400,
+        "invalid_encoding",
+        headers=(("Content-Type", "text/plain"),),
+        body=b"x",
+    ),
+    Case(
+        "query string not UTF-8, unknown key",
+        "POST",
+        "/?url=http%3A%2F%2Fexample.com%2F%ff",
+        401,
+        "unauthorized",
+        auth=False,
+        body=b"x",
+        headers=(("Authorization", "Bearer ntq_notakey"), ("Content-Type", "text/plain")),
+    ),
     # Answered before the body is read: the 10 MB announced are never sent.
-    enq("delay and not_before together", 400, None, delay="1",
-        not_before="2030-01-01T00:00:00Z"),
+    enq("delay and not_before together", 400, None, delay="1", not_before="2030-01-01T00:00:00Z"),
     enq("method TRACE", 400, "invalid_method", method="TRACE"),
     enq("method CONNECT", 400, "invalid_method", method="CONNECT"),
     enq("method with CRLF", 400, "invalid_method", method="GET\r\nX: 1"),
     enq("backoff unknown", 400, "invalid_backoff", backoff="quadratic"),
     # --- pass-through headers ---------------------------------------------------------------
-    enq("pass-through Host", 400, "invalid_headers",
-        headers=(("NTQ-PASSTHROUGH-Host", "internal.example"),)),
-    enq("pass-through Content-Length", 400, "invalid_headers",
-        headers=(("NTQ-PASSTHROUGH-Content-Length", "0"),)),
-    enq("pass-through Transfer-Encoding", 400, "invalid_headers",
-        headers=(("NTQ-PASSTHROUGH-Transfer-Encoding", "chunked"),)),
-    enq("pass-through forged webhook-signature", 400, "invalid_headers",
-        headers=(("NTQ-PASSTHROUGH-webhook-signature", "v1,forged"),)),
-    enq("pass-through forged NTQ-Task-Id (nTorque prefix)", 400, "invalid_headers",
-        headers=(("NTORQUE-PASSTHROUGH-NTQ-Task-Id", "forged"),)),
-    enq("51 pass-through headers", 400, "invalid_headers",
-        headers=tuple((f"NTQ-PASSTHROUGH-X-H{i}", "v") for i in range(51))),
-    enq("pass-through headers over 16 KiB in total", 400, "invalid_headers",
-        headers=tuple((f"NTQ-PASSTHROUGH-X-Big{i}", "v" * 6000) for i in range(3))),
+    enq(
+        "pass-through Host",
+        400,
+        "invalid_headers",
+        headers=(("NTQ-PASSTHROUGH-Host", "internal.example"),),
+    ),
+    enq(
+        "pass-through Content-Length",
+        400,
+        "invalid_headers",
+        headers=(("NTQ-PASSTHROUGH-Content-Length", "0"),),
+    ),
+    enq(
+        "pass-through Transfer-Encoding",
+        400,
+        "invalid_headers",
+        headers=(("NTQ-PASSTHROUGH-Transfer-Encoding", "chunked"),),
+    ),
+    enq(
+        "pass-through forged webhook-signature",
+        400,
+        "invalid_headers",
+        headers=(("NTQ-PASSTHROUGH-webhook-signature", "v1,forged"),),
+    ),
+    enq(
+        "pass-through forged NTQ-Task-Id (nTorque prefix)",
+        400,
+        "invalid_headers",
+        headers=(("NTORQUE-PASSTHROUGH-NTQ-Task-Id", "forged"),),
+    ),
+    enq(
+        "51 pass-through headers",
+        400,
+        "invalid_headers",
+        headers=tuple((f"NTQ-PASSTHROUGH-X-H{i}", "v") for i in range(51)),
+    ),
+    enq(
+        "pass-through headers over 16 KiB in total",
+        400,
+        "invalid_headers",
+        headers=tuple((f"NTQ-PASSTHROUGH-X-Big{i}", "v" * 6000) for i in range(3)),
+    ),
     # --- Idempotency-Key ------------------------------------------------------------------
-    enq("Idempotency-Key empty", 400, "invalid_idempotency_key",
-        headers=(("Idempotency-Key", ""),)),
-    enq("Idempotency-Key too long", 400, "invalid_idempotency_key",
-        headers=(("Idempotency-Key", "k" * 256),)),
-    enq("Idempotency-Key with a tab", 400, "invalid_idempotency_key",
-        headers=(("Idempotency-Key", "a\tb"),)),
-    enq("Idempotency-Key with RTL override", 400, "invalid_idempotency_key",
-        headers=(("Idempotency-Key", as_sent("abc\u202edef")),)),
+    enq(
+        "Idempotency-Key empty", 400, "invalid_idempotency_key", headers=(("Idempotency-Key", ""),)
+    ),
+    enq(
+        "Idempotency-Key too long",
+        400,
+        "invalid_idempotency_key",
+        headers=(("Idempotency-Key", "k" * 256),),
+    ),
+    enq(
+        "Idempotency-Key with a tab",
+        400,
+        "invalid_idempotency_key",
+        headers=(("Idempotency-Key", "a\tb"),),
+    ),
+    enq(
+        "Idempotency-Key with RTL override",
+        400,
+        "invalid_idempotency_key",
+        headers=(("Idempotency-Key", as_sent("abc\u202edef")),),
+    ),
     # --- the structured form ----------------------------------------------------------------
     js("text/plain body", 415, "unsupported_media_type", task(), content_type="text/plain"),
     js("no content type", 415, "unsupported_media_type", task(), content_type=None),
-    js("form-encoded body", 415, "unsupported_media_type",
-       raw=b"url=http%3A%2F%2Fexample.com%2F", content_type="application/x-www-form-urlencoded"),
+    js(
+        "form-encoded body",
+        415,
+        "unsupported_media_type",
+        raw=b"url=http%3A%2F%2Fexample.com%2F",
+        content_type="application/x-www-form-urlencoded",
+    ),
     js("broken JSON", 400, "invalid_json", raw=b'{"url": '),
     js("JSON with trailing garbage", 400, "invalid_json", raw=b'{"url": "%s"} x' % GOOD.encode()),
     js("JSON NaN literal", 400, None, raw=b'{"url": "%s", "timeout": NaN}' % GOOD.encode()),
     js("JSON invalid UTF-8", 400, "invalid_json", raw=b'{"url": "http://example.com/\xff"}'),
     js("JSON nested 100,000 deep", 400, None, raw=b"[" * 100_000 + b"]" * 100_000),
-    js("JSON integer beyond 64 bits", 400, None, raw=b'{"url": "%s", "timeout": %d}'
-       % (GOOD.encode(), 2**70)),
+    js(
+        "JSON integer beyond 64 bits",
+        400,
+        None,
+        raw=b'{"url": "%s", "timeout": %d}' % (GOOD.encode(), 2**70),
+    ),
     js("empty batch", 400, "invalid_batch", []),
     js("JSON string", 400, "invalid_batch", "http://example.com/"),
     js("JSON null", 400, "invalid_batch", None),
@@ -174,8 +271,7 @@ CASES: list[Case] = [
     js("unknown field id", 400, "unknown_field", task(id=str(uuid.uuid4()))),
     js("unknown field __proto__", 400, "unknown_field", task(__proto__={"admin": True})),
     js("headers not an object", 400, "invalid_headers", task(headers=["X-A: b"])),
-    js("header value with CRLF", 400, "invalid_headers",
-       task(headers={"X-A": "a\r\nInjected: 1"})),
+    js("header value with CRLF", 400, "invalid_headers", task(headers={"X-A": "a\r\nInjected: 1"})),
     js("header value with NUL", 400, "invalid_headers", task(headers={"X-A": "a\x00b"})),
     js("header name with CRLF", 400, "invalid_headers", task(headers={"X-A\r\nInjected": "1"})),
     js("header name with a space", 400, "invalid_headers", task(headers={"X A": "b"})),
@@ -191,17 +287,31 @@ CASES: list[Case] = [
     js("body and json together", 400, "invalid_body", task(body="a", json={"b": 1})),
     js("body_base64 invalid", 400, "invalid_body", task(body_base64="!!!not base64!!!")),
     js("body not a string", 400, "invalid_body", task(body=123)),
-    js("content_type with CRLF", 400, "invalid_content_type",
-       task(content_type="text/plain\r\nX-Injected: 1")),
+    js(
+        "content_type with CRLF",
+        400,
+        "invalid_content_type",
+        task(content_type="text/plain\r\nX-Injected: 1"),
+    ),
     js("idempotency_key empty", 400, "invalid_idempotency_key", task(idempotency_key="")),
-    js("idempotency_key not a string", 400, "invalid_idempotency_key",
-       task(idempotency_key=5)),
-    js("batch with one bad task (all or nothing)", 400, None,
-       [task(), task(), task(url="file:///etc/passwd")]),
+    js("idempotency_key not a string", 400, "invalid_idempotency_key", task(idempotency_key=5)),
+    js(
+        "batch with one bad task (all or nothing)",
+        400,
+        None,
+        [task(), task(), task(url="file:///etc/passwd")],
+    ),
     js("batch of 1,001 tasks", 413, "batch_too_large", [task()] * 1001),
     # --- sizes ---------------------------------------------------------------------------------
-    Case("body over 1 MiB", "POST", "/?" + urlencode({"url": GOOD}), 413, "body_too_large",
-         headers=(("Content-Type", "application/octet-stream"),), body=b"x" * (MiB + 1)),
+    Case(
+        "body over 1 MiB",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        413,
+        "body_too_large",
+        headers=(("Content-Type", "application/octet-stream"),),
+        body=b"x" * (MiB + 1),
+    ),
     js("JSON body field over 1 MiB", 413, "body_too_large", task(body="x" * (MiB + 1))),
     # --- ids: traversal, SQL, odd bytes -------------------------------------------------------
     get("traversal ../../etc/passwd", "/tasks/../../etc/passwd", 404),
@@ -211,10 +321,13 @@ CASES: list[Case] = [
     get("SQL in id", "/tasks/1'%20OR%20'1'%3D'1", 404, "not_found"),
     get("SQL stacked query in id", "/tasks/1%3BDROP%20TABLE%20tasks", 404, "not_found"),
     get("SQL in id on cancel", "/tasks/'%20OR%201%3D1--", 404, "not_found", method="DELETE"),
-    get("SQL in id on retry", "/tasks/'%20OR%201%3D1--/retry", 404, "not_found",
-        method="POST"),
-    get("SQL in id on attempts", "/tasks/x'%20UNION%20SELECT%20*%20FROM%20api_keys--/attempts",
-        404, "not_found"),
+    get("SQL in id on retry", "/tasks/'%20OR%201%3D1--/retry", 404, "not_found", method="POST"),
+    get(
+        "SQL in id on attempts",
+        "/tasks/x'%20UNION%20SELECT%20*%20FROM%20api_keys--/attempts",
+        404,
+        "not_found",
+    ),
     get("NUL in id", "/tasks/%00", 404, "not_found"),
     get("NUL after a real id", "/tasks/{seed}%00", 404, "not_found"),
     get("emoji id", "/tasks/%F0%9F%98%80", 404, "not_found"),
@@ -229,11 +342,14 @@ CASES: list[Case] = [
     get("status unknown", "/tasks?status=DONE", 400, "invalid_status"),
     get("status with SQL", "/tasks?status=PENDING'%20OR%20'1'%3D'1", 400, "invalid_status"),
     get("created_after garbage", "/tasks?created_after=yesterday", 400, "invalid_created_after"),
-    get("created_after with SQL", "/tasks?created_after='%3B%20DROP%20TABLE%20tasks%3B--",
-        400, "invalid_created_after"),
+    get(
+        "created_after with SQL",
+        "/tasks?created_after='%3B%20DROP%20TABLE%20tasks%3B--",
+        400,
+        "invalid_created_after",
+    ),
     get("created_before overflow", "/tasks?created_before=1e30", 400, "invalid_created_before"),
-    get("cursor not an id", "/tasks?before=' OR 1=1".replace(" ", "%20"), 400,
-        "invalid_cursor"),
+    get("cursor not an id", "/tasks?before=' OR 1=1".replace(" ", "%20"), 400, "invalid_cursor"),
     get("wait negative", "/tasks/{seed}/response?wait=-1", 400, "invalid_wait"),
     get("wait NaN", "/tasks/{seed}/response?wait=NaN", 400, "invalid_wait"),
     get("wait huge", "/tasks/{seed}/response?wait=99999", 400, "invalid_wait"),
@@ -241,15 +357,35 @@ CASES: list[Case] = [
     get("PUT /tasks", "/tasks", 405, "method_not_allowed", method="PUT"),
     get("PATCH a task", "/tasks/{seed}", 405, "method_not_allowed", method="PATCH"),
     get("retry a PENDING task", "/tasks/{seed}/retry", 409, None, method="POST"),
-    Case("no API key", "POST", "/?" + urlencode({"url": GOOD}), 401, "unauthorized",
-         body=b"x", auth=False),
-    Case("API key of 5,000 characters", "POST", "/?" + urlencode({"url": GOOD}), 401,
-         "unauthorized", headers=(("NTQ-API-Key", "ntq_" + "a" * 5000),), body=b"x",
-         auth=False),
-    Case("API key with SQL", "GET", "/tasks", 401, "unauthorized",
-         headers=(("Authorization", "Bearer ntq_' OR '1'='1"),), auth=False),
+    Case(
+        "no API key",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        401,
+        "unauthorized",
+        body=b"x",
+        auth=False,
+    ),
+    Case(
+        "API key of 5,000 characters",
+        "POST",
+        "/?" + urlencode({"url": GOOD}),
+        401,
+        "unauthorized",
+        headers=(("NTQ-API-Key", "ntq_" + "a" * 5000),),
+        body=b"x",
+        auth=False,
+    ),
+    Case(
+        "API key with SQL",
+        "GET",
+        "/tasks",
+        401,
+        "unauthorized",
+        headers=(("Authorization", "Bearer ntq_' OR '1'='1"),),
+        auth=False,
+    ),
 ]
-
 
 
 assert len(CASES) >= 50
@@ -263,8 +399,13 @@ def send(web: TestApp, key: str, case: Case, seed: str) -> TestResponse:
     headers = dict(case.headers)
     if case.auth:
         headers["Authorization"] = f"Bearer {key}"
-    return web.request(case.target.replace("{seed}", seed), method=case.method,
-                       headers=headers, body=case.body, expect_errors=True)
+    return web.request(
+        case.target.replace("{seed}", seed),
+        method=case.method,
+        headers=headers,
+        body=case.body,
+        expect_errors=True,
+    )
 
 
 @pytest.fixture
@@ -277,10 +418,12 @@ def check(reply: TestResponse, case: Case) -> None:
     wanted = case.status if isinstance(case.status, tuple) else (case.status,)
     shown = reply.body[:300]
     assert reply.status_int < 500, f"{case.name}: {reply.status} {shown!r}"
-    assert reply.status_int in wanted, \
+    assert reply.status_int in wanted, (
         f"{case.name}: got {reply.status_int}, want {wanted}: {shown!r}"
-    assert reply.headers.get("Content-Type", "").startswith("application/json"), \
+    )
+    assert reply.headers.get("Content-Type", "").startswith("application/json"), (
         f"{case.name}: not JSON: {reply.headers.get('Content-Type')} {shown!r}"
+    )
     error = json.loads(reply.body)["error"]
     assert isinstance(error["code"], str), case.name
     assert error["code"], case.name
@@ -293,7 +436,8 @@ def check(reply: TestResponse, case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_request_gets_a_json_4xx_and_changes_nothing(
-        web: TestApp, creds: Credentials, engine: Engine, seed: str, case: Case) -> None:
+    web: TestApp, creds: Credentials, engine: Engine, seed: str, case: Case
+) -> None:
     before = counts(engine)
     reply = send(web, creds.api_key, case, seed)
     assert counts(engine) == before, f"{case.name} changed the database: {reply.status}"
@@ -301,7 +445,8 @@ def test_hostile_request_gets_a_json_4xx_and_changes_nothing(
 
 
 def test_the_whole_table_leaves_the_task_count_unchanged(
-        web: TestApp, creds: Credentials, engine: Engine, seed: str) -> None:
+    web: TestApp, creds: Credentials, engine: Engine, seed: str
+) -> None:
     before = counts(engine)
     changed, server_errors = [], []
     for case in CASES:

@@ -36,8 +36,7 @@ def test_newest_first_with_status_and_time_filters_and_limit(api: TestApp) -> No
     assert {t["status"] for t in page["tasks"]} == {"PENDING", "CANCELLED"}
 
     assert ids(listing(api, status="CANCELLED")) == [created[4], created[1]]
-    assert ids(listing(api, status="pending")) == [created[5], created[3], created[2],
-                                                   created[0]]
+    assert ids(listing(api, status="pending")) == [created[5], created[3], created[2], created[0]]
     assert ids(listing(api, status="COMPLETED")) == []
 
     limited = api.get(query("/tasks", limit=2))
@@ -54,8 +53,14 @@ def test_newest_first_with_status_and_time_filters_and_limit(api: TestApp) -> No
     assert ids(listing(api, created_after=third)) == newest_first[:3]
     assert ids(listing(api, created_before=third)) == [created[1], created[0]]
 
-    for bad in ({"status": "DONE"}, {"limit": 0}, {"limit": 1001}, {"limit": "x"},
-                {"before": "nope"}, {"created_after": "yesterday"}):
+    for bad in (
+        {"status": "DONE"},
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": "x"},
+        {"before": "nope"},
+        {"created_after": "yesterday"},
+    ):
         response = call(api, "GET", query("/tasks", **bad))
         assert response.status_int == 400, (bad, response.text)
         assert response.json["error"]["code"]

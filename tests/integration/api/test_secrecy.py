@@ -88,8 +88,9 @@ def test_forwarded_proto_https_makes_location_and_links_https(api: TestApp) -> N
         "list with next page": api.get(query("/tasks", limit="1"), headers=https),
         "attempts": api.get(f"/tasks/{task_id}/attempts", headers=https),
         "push": api.post(f"/tasks/{task_id}/push", headers=https),
-        "structured": api.post_json("/tasks", {"url": "http://example.com/z", "delay": 3600},
-                                    headers=https),
+        "structured": api.post_json(
+            "/tasks", {"url": "http://example.com/z", "delay": 3600}, headers=https
+        ),
     }
     for name, response in responses.items():
         urls = links_of(response)

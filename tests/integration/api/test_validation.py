@@ -31,8 +31,9 @@ def api_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, max_body_bytes=BODY_LIMIT)
 
 
-def assert_refused(engine: Engine, response: TestResponse, status: int | tuple[int, ...],
-                   before: int) -> dict[str, Any]:
+def assert_refused(
+    engine: Engine, response: TestResponse, status: int | tuple[int, ...], before: int
+) -> dict[str, Any]:
     error = assert_error(response, status)
     assert count_rows(engine) == before, "a refused request stored a task"
     return error
@@ -84,7 +85,8 @@ BAD_QUERIES = {
 
 @pytest.mark.parametrize("params", BAD_QUERIES.values(), ids=BAD_QUERIES.keys())
 def test_bad_enqueue_parameters_are_400_and_store_nothing(
-        api: TestApp, engine: Engine, params: dict[str, str]) -> None:
+    api: TestApp, engine: Engine, params: dict[str, str]
+) -> None:
     before = count_rows(engine)
     response = api.post(query("/", **params), b"body", expect_errors=True)
     assert_refused(engine, response, 400, before)
@@ -92,14 +94,19 @@ def test_bad_enqueue_parameters_are_400_and_store_nothing(
 
 def test_overlong_idempotency_key_is_400(api: TestApp, engine: Engine) -> None:
     before = count_rows(engine)
-    response = api.post(query("/", url=HOOK), headers={"Idempotency-Key": "k" * 300},
-                        expect_errors=True)
+    response = api.post(
+        query("/", url=HOOK), headers={"Idempotency-Key": "k" * 300}, expect_errors=True
+    )
     assert_refused(engine, response, 400, before)
 
 
 def post_body(api: TestApp, body: bytes) -> TestResponse:
-    return api.post(query("/", url=HOOK), body, expect_errors=True,
-                    headers={"Content-Type": "application/octet-stream"})
+    return api.post(
+        query("/", url=HOOK),
+        body,
+        expect_errors=True,
+        headers={"Content-Type": "application/octet-stream"},
+    )
 
 
 def test_body_over_the_limit_is_413_and_stores_nothing(api: TestApp, engine: Engine) -> None:
@@ -131,8 +138,9 @@ BAD_JSON = {
 
 
 @pytest.mark.parametrize("document", BAD_JSON.values(), ids=BAD_JSON.keys())
-def test_bad_structured_tasks_are_400_and_store_nothing(api: TestApp, engine: Engine,
-                                                        document: Any) -> None:
+def test_bad_structured_tasks_are_400_and_store_nothing(
+    api: TestApp, engine: Engine, document: Any
+) -> None:
     before = count_rows(engine)
     response = api.post_json("/tasks", document, expect_errors=True)
     assert_refused(engine, response, 400, before)
@@ -140,16 +148,15 @@ def test_bad_structured_tasks_are_400_and_store_nothing(api: TestApp, engine: En
 
 def test_malformed_json_is_400(api: TestApp, engine: Engine) -> None:
     before = count_rows(engine)
-    response = api.post("/tasks", b'{"url": ', content_type="application/json",
-                        expect_errors=True)
+    response = api.post("/tasks", b'{"url": ', content_type="application/json", expect_errors=True)
     assert_refused(engine, response, 400, before)
 
 
-def test_structured_tasks_in_another_content_type_are_refused(api: TestApp,
-                                                              engine: Engine) -> None:
+def test_structured_tasks_in_another_content_type_are_refused(api: TestApp, engine: Engine) -> None:
     before = count_rows(engine)
-    response = api.post("/tasks", b'{"url": "https://example.com/"}',
-                        content_type="text/plain", expect_errors=True)
+    response = api.post(
+        "/tasks", b'{"url": "https://example.com/"}', content_type="text/plain", expect_errors=True
+    )
     assert_refused(engine, response, (400, 415), before)
 
 
@@ -173,7 +180,8 @@ BAD_KEYS = {
 
 @pytest.mark.parametrize("headers", BAD_KEYS.values(), ids=BAD_KEYS.keys())
 def test_missing_wrong_or_malformed_keys_are_401_and_store_nothing(
-        web: TestApp, engine: Engine, creds: Credentials, headers: dict[str, str]) -> None:
+    web: TestApp, engine: Engine, creds: Credentials, headers: dict[str, str]
+) -> None:
     before = count_rows(engine)
     response = web.post(query("/", url=HOOK), headers=headers, expect_errors=True)
     assert_refused(engine, response, 401, before)
@@ -183,7 +191,8 @@ def test_missing_wrong_or_malformed_keys_are_401_and_store_nothing(
 
 @pytest.mark.parametrize("header", ["Authorization", "NTQ-API-Key", "NTORQUE-API-KEY"])
 def test_every_documented_key_header_authenticates(
-        web: TestApp, engine: Engine, creds: Credentials, header: str) -> None:
+    web: TestApp, engine: Engine, creds: Credentials, header: str
+) -> None:
     value = f"Bearer {creds.api_key}" if header == "Authorization" else creds.api_key
     before = count_rows(engine)
     response = web.post(query("/", url=HOOK), headers={header: value})
@@ -201,24 +210,35 @@ def test_only_health_readiness_and_metrics_are_open(web: TestApp) -> None:
 
 
 def test_another_applications_task_is_404(
-        api: TestApp, client: Client, new_app: Callable[[str], Credentials]) -> None:
+    api: TestApp, client: Client, new_app: Callable[[str], Credentials]
+) -> None:
     other = client(new_app("someone-else").api_key)
     created = other.post(query("/", url=HOOK))
     assert created.status_int == 201, created.text
     theirs = created.json["id"]
-    for method, path in [("GET", f"/tasks/{theirs}"), ("DELETE", f"/tasks/{theirs}"),
-                         ("GET", f"/tasks/{theirs}/attempts"),
-                         ("GET", f"/tasks/{theirs}/response"),
-                         ("POST", f"/tasks/{theirs}/push"),
-                         ("POST", f"/tasks/{theirs}/retry")]:
+    for method, path in [
+        ("GET", f"/tasks/{theirs}"),
+        ("DELETE", f"/tasks/{theirs}"),
+        ("GET", f"/tasks/{theirs}/attempts"),
+        ("GET", f"/tasks/{theirs}/response"),
+        ("POST", f"/tasks/{theirs}/push"),
+        ("POST", f"/tasks/{theirs}/retry"),
+    ]:
         assert_error(call(api, method, path), 404)
     assert other.get(f"/tasks/{theirs}").json["status"] == "PENDING"
     listed = api.get("/tasks").json
     assert theirs not in {task["id"] for task in listed["tasks"]}
 
 
-@pytest.mark.parametrize("path", [f"/tasks/{uuid.uuid4()}", "/tasks/not-a-uuid",
-                                  "/tasks/%00", f"/tasks/{uuid.uuid4()}/attempts"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/tasks/{uuid.uuid4()}",
+        "/tasks/not-a-uuid",
+        "/tasks/%00",
+        f"/tasks/{uuid.uuid4()}/attempts",
+    ],
+)
 def test_unknown_tasks_are_404(api: TestApp, path: str) -> None:
     assert_error(call(api, "GET", path), 404)
 
@@ -228,13 +248,19 @@ def test_unknown_routes_are_404_json(api: TestApp, path: str) -> None:
     assert_error(call(api, "GET", path), 404)
 
 
-@pytest.mark.parametrize(("method", "path", "allow"), [
-    ("PUT", "/", "DELETE, GET, POST"), ("PATCH", "/", "DELETE, GET, POST"),
-    ("PUT", f"/tasks/{uuid.uuid4()}", "DELETE, GET"),
-    ("DELETE", "/tasks", "GET, POST"), ("POST", "/stats", "GET"),
-])
-def test_wrong_method_on_a_known_route_is_405_json(api: TestApp, engine: Engine, method: str,
-                                                   path: str, allow: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/", "DELETE, GET, POST"),
+        ("PATCH", "/", "DELETE, GET, POST"),
+        ("PUT", f"/tasks/{uuid.uuid4()}", "DELETE, GET"),
+        ("DELETE", "/tasks", "GET, POST"),
+        ("POST", "/stats", "GET"),
+    ],
+)
+def test_wrong_method_on_a_known_route_is_405_json(
+    api: TestApp, engine: Engine, method: str, path: str, allow: str
+) -> None:
     before = count_rows(engine)
     response = call(api, method, path)
     assert_refused(engine, response, 405, before)

@@ -51,8 +51,11 @@ def checked_key(request: Request) -> str | None:
         return None
     key = presented_key(request)
     if not key:
-        raise ApiError(401, "unauthorized", "an API key is required "
-                       "(Authorization: Bearer <key> or NTQ-API-Key: <key>)")
+        raise ApiError(
+            401,
+            "unauthorized",
+            "an API key is required (Authorization: Bearer <key> or NTQ-API-Key: <key>)",
+        )
     if len(key) > MAX_KEY_LENGTH or not key.startswith(apps.KEY_PREFIX):
         raise invalid_key()
     return key

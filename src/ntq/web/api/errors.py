@@ -52,8 +52,9 @@ def not_utf8(exc: UnicodeDecodeError, request: Request) -> Response:
 def http_error(exc: HTTPException, request: Request) -> Response:
     if isinstance(exc, PredicateMismatch) and request.matched_route is not None:
         # The path exists but not for this method: 405 with Allow, not Pyramid's 404.
-        response = error_response(405, "method_not_allowed",
-                                  f"{request.method} is not allowed on {request.path}")
+        response = error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed on {request.path}"
+        )
         response.headers["Allow"] = ", ".join(_allowed(request, request.matched_route.name))
         return response
     code = exc.title.lower().replace(" ", "_")
@@ -85,8 +86,9 @@ def _retry_later(code: str, message: str) -> Response:
 @exception_view_config(PoolTimeout)
 def database_busy(exc: PoolTimeout, request: Request) -> Response:
     log.warning("web.database_unavailable", error=type(exc).__name__)
-    return _retry_later("database_unavailable",
-                        "no PostgreSQL connection was free in time; retry shortly")
+    return _retry_later(
+        "database_unavailable", "no PostgreSQL connection was free in time; retry shortly"
+    )
 
 
 @exception_view_config(StatementError)
@@ -98,12 +100,14 @@ def database_error(exc: StatementError, request: Request) -> Response:
         mark_error_retryable(exc)
     if db.is_read_only(exc):
         log.warning("web.database_read_only")
-        return _retry_later("database_read_only",
-                            "PostgreSQL is read-only (a failover?); retry shortly")
+        return _retry_later(
+            "database_read_only", "PostgreSQL is read-only (a failover?); retry shortly"
+        )
     if db.is_conflict(exc):
         log.warning("web.database_conflict", error=type(exc.orig).__name__)
-        return _retry_later("database_conflict",
-                            "the transaction kept conflicting with concurrent ones; retry")
+        return _retry_later(
+            "database_conflict", "the transaction kept conflicting with concurrent ones; retry"
+        )
     if exc.connection_invalidated or isinstance(exc, Unreachable):
         log.warning("web.database_unavailable", error=type(exc.orig).__name__)
         return _retry_later("database_unavailable", "PostgreSQL is unreachable; retry shortly")

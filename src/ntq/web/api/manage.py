@@ -30,8 +30,9 @@ def cancel_task(request: Request) -> Response:
     if cancelled is None:
         raise ApiError(409, "not_pending", f"the task is already {task.status}")
     notifier = services(request).notifier
-    after_commit(request, lambda: notifier.cancelled(task.id, cancelled.callback_id,
-                                                     cancelled.notice_owed))
+    after_commit(
+        request, lambda: notifier.cancelled(task.id, cancelled.callback_id, cancelled.notice_owed)
+    )
     return Response(status=204)
 
 
@@ -41,9 +42,11 @@ def retry_task(request: Request) -> Response:
     task = owned_task(request)
     replayed = transitions.replay(request.db, task.id, request.caller.app_id)
     if replayed is None:
-        raise ApiError(409, "not_replayable",
-                       f"only FAILED or CANCELLED tasks can be replayed; this one is "
-                       f"{task.status}")
+        raise ApiError(
+            409,
+            "not_replayable",
+            f"only FAILED or CANCELLED tasks can be replayed; this one is {task.status}",
+        )
     notifier = services(request).notifier
     after_commit(request, lambda: notifier.enqueued([task.id], {}))
     return task_response(request, replayed)
@@ -71,8 +74,7 @@ def show_response(request: Request) -> Response:
         status = _wait_finished(request, task.id, wait)
     row = transitions.latest_response(request.db, task.id)
     if row is None:
-        raise ApiError(404, "no_response", "the task has no response yet",
-                       task_status=status)
+        raise ApiError(404, "no_response", "the task has no response yet", task_status=status)
     data = {**serialize.attempt_dict(row, with_body=True), "task_status": status}
     return json_response(data, Link=link_header(task_json(request, task)["links"]))
 
@@ -113,8 +115,6 @@ def list_tasks(request: Request) -> Response:
     headers = {}
     if len(found) == wanted.limit:
         params = {k: v for k, v in request.GET.items() if k != "before"}
-        data["next"] = request.route_url("tasks", _query={**params,
-                                                          "before": str(found[-1].id)})
+        data["next"] = request.route_url("tasks", _query={**params, "before": str(found[-1].id)})
         headers["Link"] = f'<{data["next"]}>; rel="next"'
     return json_response(data, 200, **headers)
-

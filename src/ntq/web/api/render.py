@@ -13,8 +13,7 @@ from ntq.web.api.auth import Caller
 
 
 def json_response(data: Any, status: int = 200, **headers: str) -> Response:
-    response = Response(status=status, body=serialize.dumps(data),
-                        content_type="application/json")
+    response = Response(status=status, body=serialize.dumps(data), content_type="application/json")
     response.headers.update(headers)
     return response
 
@@ -42,8 +41,7 @@ def link_header(links: dict[str, str]) -> str:
     return ", ".join(f'<{url}>; rel="{rel}"' for rel, url in links.items())
 
 
-def task_json(request: Request, task: TaskView, caller: Caller | None = None
-              ) -> dict[str, Any]:
+def task_json(request: Request, task: TaskView, caller: Caller | None = None) -> dict[str, Any]:
     """The task as JSON; ``caller`` is the task's application when already known (an
     enqueue learns it from its own statement), else the request's ``caller``."""
     data = serialize.task_dict(task)
@@ -52,7 +50,12 @@ def task_json(request: Request, task: TaskView, caller: Caller | None = None
     return data
 
 
-def task_response(request: Request, task: TaskView, status: int = 200,
-                  caller: Caller | None = None, **headers: str) -> Response:
+def task_response(
+    request: Request,
+    task: TaskView,
+    status: int = 200,
+    caller: Caller | None = None,
+    **headers: str,
+) -> Response:
     data = task_json(request, task, caller)
     return json_response(data, status, Link=link_header(data["links"]), **headers)

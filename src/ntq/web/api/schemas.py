@@ -35,26 +35,62 @@ TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VISIBLE = r"[\x21-\x7e\x80-\xff]"
 FIELD_VALUE = re.compile(rf"(?:{_VISIBLE}(?:[\t\x20-\x7e\x80-\xff]*{_VISIBLE})?)?")
 # Headers ntq sets itself or that would corrupt the request framing.
-RESERVED_HEADERS = frozenset({
-    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
-    "te", "trailer", "proxy-connection", "content-type", "user-agent",
-    "webhook-id", "webhook-timestamp", "webhook-signature",
-})
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-connection",
+        "content-type",
+        "user-agent",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
 PASSTHROUGH_PREFIXES = ("ntq-passthrough-", "ntorque-passthrough-")
 # What nTorque assumed of a body sent without a Content-Type (``NTQ_NTORQUE_COMPAT``).
 NTORQUE_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 
-JSON_FIELDS = frozenset({
-    "url", "method", "headers", "body", "json", "body_base64", "content_type", "timeout",
-    "delay", "not_before", "max_retries", "backoff", "callback", "idempotency_key",
-    "cancel_notice",
-})
+JSON_FIELDS = frozenset(
+    {
+        "url",
+        "method",
+        "headers",
+        "body",
+        "json",
+        "body_base64",
+        "content_type",
+        "timeout",
+        "delay",
+        "not_before",
+        "max_retries",
+        "backoff",
+        "callback",
+        "idempotency_key",
+        "cancel_notice",
+    }
+)
 
 # ``POST /``'s query parameters; any other is refused, like an unknown JSON field.
-QUERY_PARAMETERS = frozenset({
-    "url", "method", "timeout", "delay", "not_before", "max_retries", "backoff", "callback",
-    "cancel_notice",
-})
+QUERY_PARAMETERS = frozenset(
+    {
+        "url",
+        "method",
+        "timeout",
+        "delay",
+        "not_before",
+        "max_retries",
+        "backoff",
+        "callback",
+        "cancel_notice",
+    }
+)
 
 
 def bad(code: str, message: str) -> ApiError:
@@ -107,8 +143,9 @@ def _timestamp(value: Any) -> datetime:
             raise TypeError
         when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
     except (TypeError, ValueError, OverflowError, OSError):
-        raise bad("invalid_not_before",
-                  "not_before must be an ISO 8601 time or epoch seconds") from None
+        raise bad(
+            "invalid_not_before", "not_before must be an ISO 8601 time or epoch seconds"
+        ) from None
     if when < EARLIEST:
         raise bad("invalid_not_before", "not_before must be after 1970-01-01")
     if when > datetime.now(UTC) + timedelta(seconds=MAX_DELAY):
@@ -184,7 +221,7 @@ def passthrough(headers: Mapping[str, str]) -> dict[str, str]:
         lowered = name.lower()
         for prefix in PASSTHROUGH_PREFIXES:
             if lowered.startswith(prefix) and len(name) > len(prefix):
-                out[name[len(prefix):]] = value
+                out[name[len(prefix) :]] = value
     return headers_to_send(out, "pass-through header")
 
 
@@ -204,8 +241,10 @@ def common(params: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {
         "url": _url("url", params.get("url")),
         "method": _method(params.get("method") or "POST"),
-        "timeout": settings.default_timeout, "max_retries": settings.max_retries,
-        "backoff": settings.backoff, **_schedule(params),
+        "timeout": settings.default_timeout,
+        "max_retries": settings.max_retries,
+        "backoff": settings.backoff,
+        **_schedule(params),
     }
     if params.get("timeout") is not None:
         out["timeout"] = _integer("timeout", params["timeout"], 1, settings.max_timeout)
@@ -216,19 +255,27 @@ def common(params: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     if params.get("callback") is not None:
         out["callback"] = _url("callback", params["callback"])
     if params.get("cancel_notice") is not None:
-        out["cancel_notice"] = _choice("cancel_notice", params["cancel_notice"],
-                                       NOTICE_POLICIES)
+        out["cancel_notice"] = _choice("cancel_notice", params["cancel_notice"], NOTICE_POLICIES)
     return out
 
 
-def from_query(params: Mapping[str, str], headers: Mapping[str, str], body: bytes,
-               content_type: str | None, settings: Settings) -> NewTask:
+def from_query(
+    params: Mapping[str, str],
+    headers: Mapping[str, str],
+    body: bytes,
+    content_type: str | None,
+    settings: Settings,
+) -> NewTask:
     """The nTorque-compatible form: parameters in the query, the body verbatim."""
     default_type = NTORQUE_CONTENT_TYPE if settings.ntorque_compat else None
     check_query_names(params.keys())
-    return NewTask(**common(params, settings), headers=passthrough(headers), body=body,
-                   content_type=_sendable_content_type(content_type or default_type),
-                   idempotency_key=idempotency_key(headers))
+    return NewTask(
+        **common(params, settings),
+        headers=passthrough(headers),
+        body=body,
+        content_type=_sendable_content_type(content_type or default_type),
+        idempotency_key=idempotency_key(headers),
+    )
 
 
 def check_query_names(names: Iterable[str]) -> None:
@@ -237,14 +284,17 @@ def check_query_names(names: Iterable[str]) -> None:
     given = Counter(names)
     unknown = sorted(set(given) - QUERY_PARAMETERS)
     repeated = sorted(name for name in set(given) & QUERY_PARAMETERS if given[name] > 1)
-    hint = ("; if the hook's url has a query string of its own, percent-encode it "
-            "(its '&' and '=' as %26 and %3D)")
+    hint = (
+        "; if the hook's url has a query string of its own, percent-encode it "
+        "(its '&' and '=' as %26 and %3D)"
+    )
     if unknown:
-        raise bad("unknown_parameter",
-                  f"unknown query parameter(s): {', '.join(unknown)}{hint}")
+        raise bad("unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)}{hint}")
     if repeated:
-        raise bad("repeated_parameter",
-                  f"query parameter(s) given more than once: {', '.join(repeated)}{hint}")
+        raise bad(
+            "repeated_parameter",
+            f"query parameter(s) given more than once: {', '.join(repeated)}{hint}",
+        )
 
 
 def _sendable_content_type(value: str | None) -> str | None:
@@ -289,17 +339,19 @@ def from_json(item: Any, settings: Settings) -> NewTask:
         raise bad("unknown_field", f"unknown field(s): {', '.join(map(str, unknown))}")
     body, default_type = _body(item)
     if len(body) > settings.max_body_bytes:
-        raise ApiError(413, "body_too_large",
-                       f"body must be at most {settings.max_body_bytes} bytes")
+        raise ApiError(
+            413, "body_too_large", f"body must be at most {settings.max_body_bytes} bytes"
+        )
     content_type = item.get("content_type", default_type)
     if content_type is not None:
         content_type = _sendable_content_type(_text("content_type", content_type, 255))
     key = item.get("idempotency_key")
     return NewTask(
-        **common(item, settings), headers=headers_to_send(item.get("headers") or {}),
-        body=body, content_type=content_type,
-        idempotency_key=None if key is None else _text("idempotency_key", key,
-                                                        MAX_IDEMPOTENCY_KEY),
+        **common(item, settings),
+        headers=headers_to_send(item.get("headers") or {}),
+        body=body,
+        content_type=content_type,
+        idempotency_key=None if key is None else _text("idempotency_key", key, MAX_IDEMPOTENCY_KEY),
     )
 
 
@@ -317,8 +369,7 @@ def _any_time(name: str, raw: str | None) -> datetime | None:
     try:
         when = _timestamp(raw)
     except ApiError:
-        raise bad(f"invalid_{name}", f"{name} must be an ISO 8601 time or epoch seconds"
-                  ) from None
+        raise bad(f"invalid_{name}", f"{name} must be an ISO 8601 time or epoch seconds") from None
     return when
 
 
@@ -367,6 +418,7 @@ def from_json_batch(items: Any, settings: Settings) -> list[NewTask]:
         try:
             batch.append(from_json(item, settings))
         except ApiError as exc:
-            raise ApiError(exc.status, exc.code, f"task {index}: {exc.message}",
-                           index=index) from None
+            raise ApiError(
+                exc.status, exc.code, f"task {index}: {exc.message}", index=index
+            ) from None
     return batch

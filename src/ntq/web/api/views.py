@@ -29,12 +29,12 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 
-def enqueued_hints(created: list[tuple[TaskView, NewTask]]
-                   ) -> tuple[list[uuid.UUID], dict[uuid.UUID, float]]:
+def enqueued_hints(
+    created: list[tuple[TaskView, NewTask]],
+) -> tuple[list[uuid.UUID], dict[uuid.UUID, float]]:
     """New tasks to wake workers for now, and delayed ones to schedule (id -> epoch)."""
     now = [task.id for task, new in created if not (new.delay or new.not_before)]
-    later = {task.id: task.due.timestamp() for task, new in created
-             if new.delay or new.not_before}
+    later = {task.id: task.due.timestamp() for task, new in created if new.delay or new.not_before}
     return now, later
 
 
@@ -64,8 +64,9 @@ def _read_within(request: Request, size: int, seconds: float) -> bytes:
     The deadline covers the whole body, not each read: a client trickling a byte a
     second would pass any per-read timeout and hold its connection for ever.
     """
-    late = ApiError(408, "body_timeout",
-                    f"the request body did not arrive within {seconds:g} seconds")
+    late = ApiError(
+        408, "body_timeout", f"the request body did not arrive within {seconds:g} seconds"
+    )
     try:
         with gevent.Timeout(seconds, late):
             data: bytes = request.body_file.read(size)
@@ -76,14 +77,16 @@ def _read_within(request: Request, size: int, seconds: float) -> bytes:
         # Broken chunked framing (a size that is not hex, a missing CRLF...): the client's
         # fault, and the connection cannot be reused.
         log.info("web.invalid_framing", path=request.path, error=type(exc).__name__)
-        raise ApiError(400, "invalid_framing",
-                       f"the request body's chunked framing is invalid: {exc}") from None
+        raise ApiError(
+            400, "invalid_framing", f"the request body's chunked framing is invalid: {exc}"
+        ) from None
     except OSError as exc:
         # The client went away mid-body (webob's DisconnectionError, a reset...): nobody
         # reads the answer, so one line says what happened, without a traceback.
         log.info("web.client_disconnected", path=request.path, error=type(exc).__name__)
-        raise ApiError(400, "incomplete_body",
-                       "the connection closed before the whole body arrived") from None
+        raise ApiError(
+            400, "incomplete_body", "the connection closed before the whole body arrived"
+        ) from None
     return data
 
 
@@ -96,8 +99,9 @@ class Submitted:
     caller: auth.Caller
 
 
-def created_response(request: Request, task: TaskView, created: bool,
-                     caller: auth.Caller) -> Response:
+def created_response(
+    request: Request, task: TaskView, created: bool, caller: auth.Caller
+) -> Response:
     location = request.route_url("task", id=str(task.id))
     return task_response(request, task, 201 if created else 200, caller, Location=location)
 
@@ -109,8 +113,7 @@ EARLY_AUTH_BYTES = 64 * 1024
 
 def validated(request: Request, parse: Callable[[], T]) -> T:
     """``parse()``; but when it finds the request bad, a bad key is still a 401 first."""
-    if ((request.content_length or 0) > EARLY_AUTH_BYTES
-            or request.headers.get("Transfer-Encoding")):
+    if (request.content_length or 0) > EARLY_AUTH_BYTES or request.headers.get("Transfer-Encoding"):
         request.caller  # noqa: B018  (raises 401 without a valid key)
     try:
         return parse()
@@ -126,8 +129,10 @@ def submit(request: Request, key: str | None, batch: list[NewTask]) -> Submitted
     done = enqueue.submit(services(request).store, batch, key)
     if done is None:
         raise auth.invalid_key()
-    notify_enqueued(request, [(task, new) for (task, created), new
-                              in zip(done.results, batch, strict=True) if created])
+    notify_enqueued(
+        request,
+        [(task, new) for (task, created), new in zip(done.results, batch, strict=True) if created],
+    )
     # The application is known from the statement: no ``caller`` lookup to render.
     return Submitted(done.results, auth.Caller(done.app_id, done.app_name))
 
@@ -136,9 +141,16 @@ def submit(request: Request, key: str | None, batch: list[NewTask]) -> Submitted
 def enqueue_query(request: Request) -> Response:
     """nTorque-compatible enqueue: parameters in the query string, the body verbatim."""
     key = auth.checked_key(request)
-    new = validated(request, lambda: schemas.from_query(
-        request.GET, request.headers, read_body(request), request.headers.get("Content-Type"),
-        services(request).settings))
+    new = validated(
+        request,
+        lambda: schemas.from_query(
+            request.GET,
+            request.headers,
+            read_body(request),
+            request.headers.get("Content-Type"),
+            services(request).settings,
+        ),
+    )
     submitted = submit(request, key, [new])
     [(task, created)] = submitted.results
     return created_response(request, task, created, submitted.caller)
@@ -149,11 +161,19 @@ def enqueue_json(request: Request) -> Response:
     """Structured enqueue: one JSON task, or an array of up to 1,000 in one statement
     (all or nothing; a bad item is named by its index)."""
     key = auth.checked_key(request)
-    document = validated(request, lambda: schemas.json_document(
-        request.headers.get("Content-Type"), read_body(request, schemas.MAX_BATCH_BYTES)))
+    document = validated(
+        request,
+        lambda: schemas.json_document(
+            request.headers.get("Content-Type"), read_body(request, schemas.MAX_BATCH_BYTES)
+        ),
+    )
     single = isinstance(document, dict)
-    batch = validated(request, lambda: schemas.from_json_batch(
-        [document] if single else document, services(request).settings))
+    batch = validated(
+        request,
+        lambda: schemas.from_json_batch(
+            [document] if single else document, services(request).settings
+        ),
+    )
     submitted = submit(request, key, batch)
     if single:
         return created_response(request, *submitted.results[0], submitted.caller)
@@ -168,14 +188,19 @@ def describe(request: Request) -> Response:
     except under ``NTQ_NTORQUE_COMPAT``, where it answers anyone as nTorque's did."""
     if not services(request).settings.ntorque_compat:
         request.caller  # noqa: B018  (raises 401 without a valid key)
-    return json_response({
-        "name": "ntq", "version": __version__,
-        "links": {
-            "tasks": request.route_url("tasks"), "stats": request.route_url("stats"),
-            "health": request.route_url("healthz"), "ready": request.route_url("readyz"),
-            "metrics": request.route_url("metrics"),
-        },
-    })
+    return json_response(
+        {
+            "name": "ntq",
+            "version": __version__,
+            "links": {
+                "tasks": request.route_url("tasks"),
+                "stats": request.route_url("stats"),
+                "health": request.route_url("healthz"),
+                "ready": request.route_url("readyz"),
+                "metrics": request.route_url("metrics"),
+            },
+        }
+    )
 
 
 @view_config(route_name="task", request_method="GET")
@@ -189,8 +214,7 @@ def push_task(request: Request) -> Response:
     task = owned_task(request)
     notifier = services(request).notifier
     after_commit(request, lambda: notifier.push([task.id]))
-    return task_response(request, task, 201,
-                         Location=request.route_url("task", id=str(task.id)))
+    return task_response(request, task, 201, Location=request.route_url("task", id=str(task.id)))
 
 
 @view_config(route_name="healthz", request_method="GET")

@@ -45,8 +45,9 @@ def openapi_json(request: Request) -> Response:
 
 @view_config(route_name="reference", request_method="GET")
 def reference_page(request: Request) -> Response:
-    return Response(body=page(services(request).settings), content_type="text/html",
-                    charset="utf-8")
+    return Response(
+        body=page(services(request).settings), content_type="text/html", charset="utf-8"
+    )
 
 
 def includeme(config: Configurator) -> None:

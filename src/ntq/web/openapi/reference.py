@@ -9,10 +9,16 @@ from typing import Any
 
 Schema = dict[str, Any]
 METHODS = ("get", "post", "put", "patch", "delete")
-LIMITS = (("minimum", "≥ {}"), ("maximum", "≤ {}"), ("minLength", "length ≥ {}"),
-          ("maxLength", "length ≤ {}"), ("minItems", "≥ {} items"),
-          ("maxItems", "≤ {} items"), ("maxProperties", "≤ {} entries"),
-          ("default", "default {}"))
+LIMITS = (
+    ("minimum", "≥ {}"),
+    ("maximum", "≤ {}"),
+    ("minLength", "length ≥ {}"),
+    ("maxLength", "length ≤ {}"),
+    ("minItems", "≥ {} items"),
+    ("maxItems", "≤ {} items"),
+    ("maxProperties", "≤ {} entries"),
+    ("default", "default {}"),
+)
 
 
 def stylesheet() -> str:
@@ -56,39 +62,54 @@ def table(head: tuple[str, ...], rows: list[str]) -> str:
 
 
 def parameters(listed: list[Schema]) -> str:
-    rows = [row(f"<code>{escape(p['name'])}</code>", escape(p["in"]),
-                "yes" if p.get("required") else "", type_of(p["schema"]),
-                escape(p.get("description", "")), limits(p["schema"])) for p in listed]
+    rows = [
+        row(
+            f"<code>{escape(p['name'])}</code>",
+            escape(p["in"]),
+            "yes" if p.get("required") else "",
+            type_of(p["schema"]),
+            escape(p.get("description", "")),
+            limits(p["schema"]),
+        )
+        for p in listed
+    ]
     return table(("parameter", "in", "required", "type", "description", "limits"), rows)
 
 
 def content(body: Schema) -> str:
     types = body.get("content", {})
-    return ", ".join(f"<code>{escape(media)}</code> {type_of(entry.get('schema', {}))}"
-                     for media, entry in types.items())
+    return ", ".join(
+        f"<code>{escape(media)}</code> {type_of(entry.get('schema', {}))}"
+        for media, entry in types.items()
+    )
 
 
 def responses(answers: Schema, shared: Schema) -> str:
     rows = []
     for status, answer in answers.items():
         resolved = shared[answer["$ref"].rpartition("/")[2]] if "$ref" in answer else answer
-        headers = ", ".join(f"<code>{escape(name)}</code>"
-                            for name in resolved.get("headers", {}))
-        rows.append(row(f"<b>{escape(status)}</b>", escape(answer.get("description")
-                                                           or resolved["description"]),
-                        content(resolved), headers))
+        headers = ", ".join(f"<code>{escape(name)}</code>" for name in resolved.get("headers", {}))
+        rows.append(
+            row(
+                f"<b>{escape(status)}</b>",
+                escape(answer.get("description") or resolved["description"]),
+                content(resolved),
+                headers,
+            )
+        )
     return table(("status", "description", "body", "headers"), rows)
 
 
-def operation(path: str, method: str, spec: Schema, inherited: list[Schema],
-              shared: Schema) -> str:
+def operation(path: str, method: str, spec: Schema, inherited: list[Schema], shared: Schema) -> str:
     public = spec.get("security") == []
-    parts = [f'<section class="operation" id="{escape(spec["operationId"])}">',
-             f'<h3><span class="method {method}">{method.upper()}</span> '
-             f"<code>{escape(path)}</code> {escape(spec.get('summary', ''))}"
-             f"{' <span class=public>no key</span>' if public else ''}</h3>",
-             f"<p>{escape(spec.get('description', ''))}</p>",
-             parameters(inherited + spec.get("parameters", []))]
+    parts = [
+        f'<section class="operation" id="{escape(spec["operationId"])}">',
+        f'<h3><span class="method {method}">{method.upper()}</span> '
+        f"<code>{escape(path)}</code> {escape(spec.get('summary', ''))}"
+        f"{' <span class=public>no key</span>' if public else ''}</h3>",
+        f"<p>{escape(spec.get('description', ''))}</p>",
+        parameters(inherited + spec.get("parameters", [])),
+    ]
     if "requestBody" in spec:
         parts.append(f"<p><b>Body</b>: {content(spec['requestBody'])}</p>")
     parts += [responses(spec["responses"], shared), "</section>"]
@@ -97,17 +118,30 @@ def operation(path: str, method: str, spec: Schema, inherited: list[Schema],
 
 def schema_section(name: str, schema: Schema) -> str:
     required = set(schema.get("required", []))
-    rows = [row(f"<code>{escape(field)}</code>", "yes" if field in required else "",
-                type_of(spec), escape(spec.get("description", "")), limits(spec))
-            for field, spec in schema.get("properties", {}).items()]
-    return (f'<section id="schema-{escape(name)}"><h3>{escape(name)}</h3>'
-            f"<p>{escape(schema.get('description', ''))}</p>"
-            f"{table(('field', 'required', 'type', 'description', 'limits'), rows)}</section>")
+    rows = [
+        row(
+            f"<code>{escape(field)}</code>",
+            "yes" if field in required else "",
+            type_of(spec),
+            escape(spec.get("description", "")),
+            limits(spec),
+        )
+        for field, spec in schema.get("properties", {}).items()
+    ]
+    return (
+        f'<section id="schema-{escape(name)}"><h3>{escape(name)}</h3>'
+        f"<p>{escape(schema.get('description', ''))}</p>"
+        f"{table(('field', 'required', 'type', 'description', 'limits'), rows)}</section>"
+    )
 
 
 def security(schemes: Schema) -> str:
-    ways = ["<code>Authorization: Bearer &lt;key&gt;</code>" if s["type"] == "http"
-            else f"<code>{escape(s['name'])}: &lt;key&gt;</code>" for s in schemes.values()]
+    ways = [
+        "<code>Authorization: Bearer &lt;key&gt;</code>"
+        if s["type"] == "http"
+        else f"<code>{escape(s['name'])}: &lt;key&gt;</code>"
+        for s in schemes.values()
+    ]
     return f"<p>The API key goes in any one of: {', '.join(ways)}.</p>"
 
 
@@ -115,15 +149,23 @@ def render(document: Schema) -> str:
     """The whole page."""
     info, components = document["info"], document["components"]
     shared = components["responses"]
-    body = [f"<h1>{escape(info['title'])} {escape(info['version'])}</h1>",
-            f"<p>{escape(info['description'])}</p>", security(components["securitySchemes"]),
-            '<p>The machine-readable document: <a href="openapi.json">openapi.json</a>.</p>',
-            "<h2>Operations</h2>"]
+    body = [
+        f"<h1>{escape(info['title'])} {escape(info['version'])}</h1>",
+        f"<p>{escape(info['description'])}</p>",
+        security(components["securitySchemes"]),
+        '<p>The machine-readable document: <a href="openapi.json">openapi.json</a>.</p>',
+        "<h2>Operations</h2>",
+    ]
     for path, item in document["paths"].items():
-        body += [operation(path, method, item[method], item.get("parameters", []), shared)
-                 for method in METHODS if method in item]
+        body += [
+            operation(path, method, item[method], item.get("parameters", []), shared)
+            for method in METHODS
+            if method in item
+        ]
     body.append("<h2>Schemas</h2>")
     body += [schema_section(name, schema) for name, schema in components["schemas"].items()]
-    return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f"<title>{escape(info['title'])} API reference</title>"
-            f"<style>{stylesheet()}</style></head><body>{''.join(body)}</body></html>")
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{escape(info['title'])} API reference</title>"
+        f"<style>{stylesheet()}</style></head><body>{''.join(body)}</body></html>"
+    )
